@@ -1,0 +1,31 @@
+"""Chunking over the batch axis to bound memory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def map_chunks(fn: Callable[..., Any], *arrays: jax.Array, chunk_size: int | None) -> Any:
+    """Apply a batched function `fn` to `arrays` in chunks of `chunk_size` rows.
+
+    `fn` maps arrays with a leading batch axis to a pytree of arrays with the same leading
+    axis. The full chunks run under `jax.lax.map` (one compiled body, bounded memory); a
+    final partial chunk, if any, runs once more on its own. No padding rows are computed,
+    so results are identical to `fn(*arrays)`.
+    """
+    B = arrays[0].shape[0]
+    if chunk_size is None or chunk_size >= B:
+        return fn(*arrays)
+    n_full = B // chunk_size
+    split = n_full * chunk_size
+    main = tuple(a[:split].reshape(n_full, chunk_size, *a.shape[1:]) for a in arrays)
+    out = jax.lax.map(lambda xs: fn(*xs), main)
+    out = jax.tree.map(lambda o: o.reshape(split, *o.shape[2:]), out)
+    if split == B:
+        return out
+    rest = fn(*(a[split:] for a in arrays))
+    return jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), out, rest)

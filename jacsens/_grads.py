@@ -1,0 +1,184 @@
+"""Weight gradients, per-sample weight gradients and their norms."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PyTree
+
+from ._batching import map_chunks
+from ._chain import LinearStep, try_read_chain
+from ._losses import LossFn, get_loss
+from ._validate import as_float_array, check_positive_int, check_same_batch, sample_shapes
+
+
+def _check(model, loss, X, Y, chunk_size=None):
+    X = as_float_array(X, "X")
+    Y = jnp.asarray(Y)
+    sample_shapes(model, X)
+    check_same_batch(X, Y)
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    return get_loss(loss), X, Y, chunk_size
+
+
+def _sample_loss(model, x, y, loss):
+    return loss(model(x), y)
+
+
+@eqx.filter_jit
+def _weight_grad_impl(model, loss, X, Y):
+    def mean_loss(m):
+        return jnp.mean(jax.vmap(lambda x, y: _sample_loss(m, x, y, loss))(X, Y))
+
+    return eqx.filter_grad(mean_loss)(model)
+
+
+def weight_grad(model: Any, loss: str | LossFn, X: Float[Array, "batch *in"], Y: Array) -> PyTree:
+    """Gradient of the mean loss over the batch with respect to the model's parameters.
+
+    **Arguments:**
+
+    - `model`: an `eqx.Module` acting on one sample.
+    - `loss`: `loss(y_pred, y_true) -> scalar` for one sample (optax losses work; an
+        elementwise loss is summed over its elements), or a name: `"mse"`,
+        `"half_squared_error"`, `"cross_entropy"`, `"binary_cross_entropy"`.
+    - `X`: inputs `(B, *in_shape)`; `Y`: targets with leading axis `B`.
+
+    **Returns:**
+
+    A pytree shaped like the model: `∂/∂θ (1/B) Σ_b loss(model(X[b]), Y[b])` at the
+    floating-point array leaves, `None` elsewhere.
+    """
+    loss, X, Y, _ = _check(model, loss, X, Y)
+    return _weight_grad_impl(model, loss, X, Y)
+
+
+@eqx.filter_jit
+def _per_sample_impl(model, loss, X, Y, chunk_size):
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def grad_one(x, y):
+        return jax.grad(lambda p: _sample_loss(eqx.combine(p, static), x, y, loss))(params)
+
+    return map_chunks(jax.vmap(grad_one), X, Y, chunk_size=chunk_size)
+
+
+def per_sample_grads(
+    model: Any,
+    loss: str | LossFn,
+    X: Float[Array, "batch *in"],
+    Y: Array,
+    *,
+    chunk_size: int | None = None,
+) -> PyTree:
+    """Gradient of each sample's loss with respect to the parameters.
+
+    **Arguments:**
+
+    - `model`, `loss`, `X`, `Y`: as in `weight_grad`.
+    - `chunk_size`: optional chunking over the batch to bound memory.
+
+    **Returns:**
+
+    A pytree shaped like the model whose leaves have a leading batch axis `B`:
+    leaf `[b]` is `∂ loss(model(X[b]), Y[b]) / ∂θ`. Their mean over `b` is `weight_grad`.
+    """
+    loss, X, Y, chunk_size = _check(model, loss, X, Y, chunk_size)
+    return _per_sample_impl(model, loss, X, Y, chunk_size)
+
+
+def _ghost_sq_norms(model, chain, loss, X, Y):
+    """Squared per-sample gradient norms of a Linear/elementwise chain, never forming the
+    per-sample gradients: for a Linear layer `z = W a + b` seeing one vector per sample,
+    `‖∂ℓ/∂W‖² = ‖a‖² ‖δ‖²` and `‖∂ℓ/∂b‖² = ‖δ‖²` with `δ = ∂ℓ/∂z`."""
+    B = X.shape[0]
+    linears = [s for s in chain.steps if isinstance(s, LinearStep)]
+
+    def run(eps):
+        h = X.reshape(B, -1)
+        inputs = []
+        k = 0
+        for step in chain.steps:
+            if isinstance(step, LinearStep):
+                inputs.append(h)
+                h = h @ step.weight.T + eps[k]
+                if step.bias is not None:
+                    h = h + step.bias
+                k += 1
+            else:
+                h = step.activation.fn(h)
+        y = h.reshape(B, *chain.out_shape)
+        return jnp.sum(jax.vmap(loss)(y, Y)), inputs
+
+    eps = [jnp.zeros((B, s.shape[0]), X.dtype) for s in linears]
+    # δ_l of each sample is the gradient of the *summed* loss w.r.t. a zero perturbation
+    # of that sample's pre-activation: samples do not interact.
+    deltas, inputs = jax.grad(run, has_aux=True)(eps)
+    total = jnp.zeros((B,), X.dtype)
+    for step, a, d in zip(linears, inputs, deltas, strict=True):
+        a_sq = jnp.sum(a**2, axis=1) + (1.0 if step.bias is not None else 0.0)
+        total = total + a_sq * jnp.sum(d**2, axis=1)
+    return total
+
+
+@eqx.filter_jit
+def _norms_impl(model, loss, X, Y, chunk_size, method):
+    if method == "ghost":
+        chain = try_read_chain(model)
+        return jnp.sqrt(
+            map_chunks(
+                lambda x, y: _ghost_sq_norms(model, chain, loss, x, y), X, Y, chunk_size=chunk_size
+            )
+        )
+
+    def norms(x, y):
+        g = _per_sample_impl(model, loss, x, y, None)
+        return jnp.sqrt(
+            sum(jnp.sum(leaf.reshape(x.shape[0], -1) ** 2, 1) for leaf in jax.tree.leaves(g))
+        )
+
+    return map_chunks(norms, X, Y, chunk_size=chunk_size)
+
+
+def per_sample_grad_norms(
+    model: Any,
+    loss: str | LossFn,
+    X: Float[Array, "batch *in"],
+    Y: Array,
+    *,
+    chunk_size: int | None = None,
+    method: str = "auto",
+) -> Float[Array, " batch"]:
+    """L2 norm of each sample's parameter gradient (all parameters together).
+
+    For models with a readable layer chain (Linear layers and elementwise activations) the
+    norms are computed without materialising per-sample gradients ("ghost norms"): one
+    backward pass gives `δ_l = ∂ℓ_b/∂z_l` for every layer, and
+    `‖g_b‖² = Σ_l ‖δ_l‖² (‖a_{l-1}‖² + 1)` (the `+ 1` for the bias). Other models fall back
+    to materialising `per_sample_grads`.
+
+    **Arguments:**
+
+    - `model`, `loss`, `X`, `Y`: as in `weight_grad`.
+    - `chunk_size`: optional chunking over the batch.
+    - `method`: `"auto"` (ghost where possible), `"ghost"` or `"materialise"`.
+
+    **Returns:**
+
+    `(B,)` norms.
+    """
+    loss, X, Y, chunk_size = _check(model, loss, X, Y, chunk_size)
+    if method not in ("auto", "ghost", "materialise"):
+        raise ValueError(f"Unknown `method` {method!r}; expected 'auto', 'ghost' or 'materialise'.")
+    chain = try_read_chain(model)
+    if method == "ghost" and chain is None:
+        raise ValueError(
+            "`method='ghost'` needs a model with a readable layer chain (Linear layers and "
+            f"elementwise activations); got {type(model).__name__}."
+        )
+    if method == "auto":
+        method = "ghost" if chain is not None else "materialise"
+    return _norms_impl(model, loss, X, Y, chunk_size, method)

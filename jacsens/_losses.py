@@ -1,0 +1,81 @@
+"""Per-sample losses `loss(y_pred, y_true) -> scalar`, by name or as callables."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+LossFn = Callable[[Array, Array], Array]
+
+
+def mse(y_pred: Array, y_true: Array) -> Array:
+    """Mean squared error of one sample, `mean((y_pred − y_true)²)`."""
+    return jnp.mean((y_pred - y_true) ** 2)
+
+
+def half_squared_error(y_pred: Array, y_true: Array) -> Array:
+    """`½‖y_pred − y_true‖²` of one sample (the textbook `E` of backprop derivations)."""
+    return 0.5 * jnp.sum((y_pred - y_true) ** 2)
+
+
+def cross_entropy(logits: Array, y_true: Array) -> Array:
+    """Softmax cross-entropy of one sample.
+
+    `y_true` is an integer class label (shape `()`) or a probability vector (one-hot or
+    soft labels, the shape of `logits`).
+    """
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    if jnp.issubdtype(y_true.dtype, jnp.integer):
+        return -jnp.take_along_axis(logp, y_true[..., None], axis=-1)[..., 0]
+    return -jnp.sum(y_true * logp, axis=-1)
+
+
+def binary_cross_entropy(logit: Array, y_true: Array) -> Array:
+    """Sigmoid cross-entropy on logits for 0/1 (or probability) targets, summed."""
+    return jnp.sum(jax.nn.softplus(logit) - y_true * logit)
+
+
+LOSSES: dict[str, LossFn] = {
+    "mse": mse,
+    "half_squared_error": half_squared_error,
+    "cross_entropy": cross_entropy,
+    "binary_cross_entropy": binary_cross_entropy,
+}
+
+
+def get_loss(loss: str | LossFn, argname: str = "loss") -> LossFn:
+    """Resolve a loss name, or wrap a callable so that it returns a scalar per sample.
+
+    A callable returning an array per sample (such as `optax.l2_loss`, which is
+    elementwise) has its elements summed.
+    """
+    if isinstance(loss, str):
+        try:
+            return LOSSES[loss]
+        except KeyError:
+            raise ValueError(
+                f"Unknown `{argname}` {loss!r}; expected one of {sorted(LOSSES)} or a "
+                "callable (y_pred, y_true) -> scalar."
+            ) from None
+    if not callable(loss):
+        raise TypeError(f"`{argname}` must be a name or a callable, got {type(loss).__name__}.")
+
+    return _Summed(loss)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Summed:
+    """A user loss with its per-sample output summed to a scalar.
+
+    A frozen dataclass, so equal losses give equal (hashable) wrappers and jit caches
+    keyed on them are reused.
+    """
+
+    loss: LossFn
+
+    def __call__(self, y_pred: Array, y_true: Array) -> Array:
+        return jnp.sum(self.loss(y_pred, y_true))

@@ -1,0 +1,91 @@
+"""Trace-time checks shared by the public functions.
+
+Every check raises `ValueError` or `TypeError` naming the argument, what was expected and
+what was given. Checks look at shapes and dtypes only, so they run unchanged under `jit`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._chain import try_read_chain
+
+
+def as_float_array(x: Any, argname: str) -> jax.Array:
+    """Convert array-likes to a JAX array; refuse non-floating dtypes."""
+    if isinstance(x, jax.Array | np.ndarray):
+        arr = x
+    elif isinstance(x, list | tuple | float | int) and not isinstance(x, bool):
+        arr = np.asarray(x)
+        if np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"`{argname}` must be floating point, got integer values {x!r:.60}.")
+    else:
+        raise TypeError(f"`{argname}` must be an array, got {type(x).__name__}.")
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        raise TypeError(f"`{argname}` must have a floating dtype, got dtype {arr.dtype}.")
+    return jnp.asarray(arr)
+
+
+def check_positive_int(value: Any, argname: str, *, allow_none: bool = True) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"`{argname}` must be a positive int or None, got {value!r}.")
+    return int(value)
+
+
+def check_choice(value: Any, argname: str, choices: Iterable[str]) -> str:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"Unknown `{argname}` {value!r}; expected one of {choices}.")
+    return value
+
+
+def sample_shapes(model: Callable, X: jax.Array, argname: str = "X"):
+    """Validate a batch `X` against `model` and return `(in_shape, out_shape, chain)`.
+
+    For models with a readable layer chain the input shape is known and `X` must match
+    it exactly; for other callables `X.shape[1:]` is taken as the sample shape and the
+    model is traced once (abstractly) to check that it accepts it.
+    """
+    if not callable(model):
+        raise TypeError(f"`model` must be callable, got {type(model).__name__}.")
+    chain = try_read_chain(model)
+    if X.ndim < 1:
+        raise ValueError(f"`{argname}` must have a leading batch axis, got shape {X.shape}.")
+    if chain is not None:
+        expected = chain.in_shape
+        if X.shape[1:] != expected:
+            raise ValueError(
+                f"`{argname}` must have shape (batch, {', '.join(map(str, expected))}) for "
+                f"this model (one sample is {expected}), got {X.shape}."
+            )
+        return chain.in_shape, chain.out_shape, chain
+    in_shape = X.shape[1:]
+    try:
+        out = jax.eval_shape(model, jax.ShapeDtypeStruct(in_shape, X.dtype))
+    except Exception as e:  # the model's own error, re-raised naming the argument
+        raise ValueError(
+            f"`model` cannot be applied to one sample of `{argname}` (shape {in_shape}, "
+            f"from `{argname}` of shape {X.shape}): {type(e).__name__}: {e}"
+        ) from e
+    if not isinstance(out, jax.ShapeDtypeStruct):
+        raise TypeError(
+            f"`model` must return a single array, got {jax.tree_util.tree_structure(out)}."
+        )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(f"`model` must return a floating array, got dtype {out.dtype}.")
+    return in_shape, tuple(out.shape), None
+
+
+def check_same_batch(X: jax.Array, Y: jax.Array, xname: str = "X", yname: str = "Y") -> None:
+    if Y.ndim < 1 or Y.shape[0] != X.shape[0]:
+        raise ValueError(
+            f"`{xname}` and `{yname}` must have the same batch size; got {xname} of shape "
+            f"{X.shape} and {yname} of shape {Y.shape}."
+        )
