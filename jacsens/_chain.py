@@ -132,10 +132,9 @@ def _identify(fn: Any) -> Activation | None:
 
 
 def _linear_step(layer: eqx.nn.Linear, getter) -> LinearStep:
-    w = layer.weight
-    w = w.reshape(w.shape[0] if w.ndim == 2 else 1, -1)
-    b = None if layer.bias is None else jnp.reshape(layer.bias, (-1,))
-    return LinearStep(w, b, getter)
+    # eqx.nn.Linear always stores a 2-D (out, in) weight and a 1-D bias, also for
+    # "scalar" sizes (as width 1), so no reshape (and no eager array op) is needed here.
+    return LinearStep(layer.weight, layer.bias, getter)
 
 
 def _compose(outer, inner):
