@@ -2,7 +2,7 @@
 
 import importlib.metadata
 
-from . import backprop as backprop
+from . import backprop as backprop, datasets as datasets
 from ._chain import (
     ChainError as ChainError,
     JacobianCost as JacobianCost,
@@ -15,11 +15,13 @@ from ._check import (
     crosscheck as crosscheck,
     finite_difference_jacobian as finite_difference_jacobian,
 )
+from ._fit import History as History, fit as fit
 from ._grads import (
     per_sample_grad_norms as per_sample_grad_norms,
     per_sample_grads as per_sample_grads,
     weight_grad as weight_grad,
 )
+from ._io import load as load, save as save
 from ._jacobian import (
     explain as explain,
     input_hessian as input_hessian,
@@ -30,6 +32,14 @@ from ._jacobian import (
 )
 from ._losses import LOSSES as LOSSES
 from ._models import ACTIVATIONS as ACTIVATIONS, MLP as MLP, Activation as Activation
+from ._stats import (
+    StreamingStats as StreamingStats,
+    stats_from_batch as stats_from_batch,
+    stats_init as stats_init,
+    stats_merge as stats_merge,
+    stats_to_host as stats_to_host,
+    stats_update as stats_update,
+)
 
 try:
     __version__ = importlib.metadata.version("jacsens")
