@@ -32,6 +32,8 @@ from ._jacobian import (
 )
 from ._losses import LOSSES as LOSSES
 from ._models import ACTIVATIONS as ACTIVATIONS, MLP as MLP, Activation as Activation
+from ._samplers import Sampler as Sampler, normal as normal, uniform as uniform
+from ._sensitivity import SensitivityResult as SensitivityResult, sensitivity as sensitivity
 from ._stats import (
     StreamingStats as StreamingStats,
     stats_from_batch as stats_from_batch,
