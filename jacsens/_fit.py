@@ -14,7 +14,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._losses import LossFn, get_loss
+from ._losses import LOSSES, LossFn, get_loss
 from ._validate import as_float_array, check_positive_int, check_same_batch, sample_shapes
 
 Callback = Callable[[int, Any, "History"], "bool | None"]
@@ -90,33 +90,41 @@ def _mean_loss(params, static, X, Y, loss_fn):
     return jnp.mean(per_sample)
 
 
+def _masked_mean_loss(params, static, X, Y, weight, loss_fn):
+    model = eqx.combine(params, static)
+    per_sample = jax.vmap(lambda x, y: loss_fn(model(x), y))(X, Y)
+    return jnp.sum(jnp.where(weight > 0, per_sample, 0)) / jnp.sum(weight)
+
+
 @eqx.filter_jit
 def _run_epoch(params, opt_state, static, X, Y, key, epoch, optimizer, loss_fn, batch_size):
-    """One epoch: a fresh permutation, `lax.scan` over full batches, then the remainder."""
+    """One epoch: a fresh permutation, then `lax.scan` over its mini-batches.
+
+    The final partial batch is padded with weight-0 rows, so every step has the same shape
+    and the step is compiled once; its loss and gradient are those of the real rows only.
+    """
     n = X.shape[0]
     perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
-    n_full = n // batch_size
-    split = n_full * batch_size
+    n_batches = -(-n // batch_size)
+    pad = n_batches * batch_size - n
+    idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(n_batches, batch_size)
+    weight = (jnp.arange(n_batches * batch_size) < n).reshape(n_batches, batch_size)
     opt_arrays, opt_static = eqx.partition(opt_state, eqx.is_array)
 
-    def step(carry, idx):
+    def step(carry, batch):
         params, opt_arrays = carry
+        idx, w = batch
         opt_state = eqx.combine(opt_arrays, opt_static)
-        loss, grads = eqx.filter_value_and_grad(_mean_loss)(params, static, X[idx], Y[idx], loss_fn)
+        loss, grads = eqx.filter_value_and_grad(_masked_mean_loss)(
+            params, static, X[idx], Y[idx], w.astype(X.dtype), loss_fn
+        )
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = eqx.apply_updates(params, updates)
         return (params, eqx.filter(opt_state, eqx.is_array)), loss
 
-    total = 0.0
-    carry = (params, opt_arrays)
-    if n_full > 0:
-        carry, losses = jax.lax.scan(step, carry, perm[:split].reshape(n_full, batch_size))
-        total = total + jnp.sum(losses) * batch_size
-    if split < n:
-        carry, loss = step(carry, perm[split:])
-        total = total + loss * (n - split)
-    params, opt_arrays = carry
-    return params, eqx.combine(opt_arrays, opt_static), total / n
+    (params, opt_arrays), losses = jax.lax.scan(step, (params, opt_arrays), (idx, weight))
+    rows = jnp.sum(weight, axis=1).astype(losses.dtype)
+    return params, eqx.combine(opt_arrays, opt_static), jnp.sum(losses * rows) / n
 
 
 @eqx.filter_jit
@@ -138,6 +146,17 @@ def _check_targets(model, X, Y, loss_fn: LossFn, xname: str, yname: str):
             f"The loss cannot be evaluated on one sample of `{xname}` (shape {X.shape[1:]}) "
             f"and `{yname}` (shape {Y.shape[1:]}): {type(e).__name__}: {e}"
         ) from e
+    out_shape = jax.eval_shape(model, jax.ShapeDtypeStruct(X.shape[1:], X.dtype)).shape
+    if (
+        loss_fn in (LOSSES["mse"], LOSSES["half_squared_error"])
+        and jnp.issubdtype(Y.dtype, jnp.floating)
+        and Y.shape[1:] != out_shape
+    ):
+        raise ValueError(
+            f"`{yname}` must have shape (batch, {', '.join(map(str, out_shape))}) to match the "
+            f"model's output {out_shape} under a squared-error loss, got {Y.shape}; reshape it "
+            "(broadcasting the two would silently fit the wrong target)."
+        )
     if out.shape != ():
         raise ValueError(
             f"The loss must return a scalar per sample; with one sample of `{yname}` of shape "
@@ -186,8 +205,9 @@ def fit(
 
     Each epoch draws a permutation of the rows from `jax.random.fold_in(key, epoch)` and
     takes one optimiser step per mini-batch; the final partial batch is used too (nothing
-    is dropped). The whole epoch is one jitted function (`jax.lax.scan` over the full
-    batches), so runs with the same `key` are bit-identical on one device.
+    is dropped). The whole epoch is one jitted function (`jax.lax.scan` over the
+    mini-batches, the last one padded with weight-0 rows), so runs with the same `key`
+    are bit-identical on one device.
 
     **Arguments:**
 
