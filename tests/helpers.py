@@ -62,19 +62,27 @@ def random_inputs(key, batch: int, in_shape, dtype=jnp.float64) -> jax.Array:
     return jax.random.normal(key, (batch, *in_shape), dtype=dtype)
 
 
-def perturb_biases(model, key, scale: float = 0.5):
-    """Give every bias a random value (equinox initialises them small)."""
-    leaves = [x for x in jax.tree.leaves(model) if eqx.is_inexact_array(x) and x.ndim == 1]
-    keys = jax.random.split(key, max(len(leaves), 1))
-    new = [
-        x + scale * jax.random.normal(k, x.shape, x.dtype)
-        for x, k in zip(leaves, keys, strict=False)
+def _is_linear(x) -> bool:
+    return isinstance(x, eqx.nn.Linear)
+
+
+def _biases(model) -> list:
+    return [
+        x.bias
+        for x in jax.tree.leaves(model, is_leaf=_is_linear)
+        if _is_linear(x) and x.bias is not None
     ]
-    return eqx.tree_at(
-        lambda m: [x for x in jax.tree.leaves(m) if eqx.is_inexact_array(x) and x.ndim == 1],
-        model,
-        new,
-    )
+
+
+def perturb_biases(model, key, scale: float = 0.5):
+    """Give every `eqx.nn.Linear` bias a random value (equinox initialises them small)."""
+    biases = _biases(model)
+    keys = jax.random.split(key, max(len(biases), 1))
+    new = [
+        b + scale * jax.random.normal(k, b.shape, b.dtype)
+        for b, k in zip(biases, keys, strict=False)
+    ]
+    return eqx.tree_at(_biases, model, new)
 
 
 # Modes of `jacsens.input_jacobian`: the autodiff ones work on any callable; the others
