@@ -1,0 +1,321 @@
+"""Local attributions: which inputs matter for one prediction.
+
+All functions are batched over the leading axis of `X`, jitted, and process the batch in
+chunks (`chunk_size` rows at a time) so that memory stays bounded even when every row is
+expanded into many points (integration steps, noisy copies).
+
+For a model with several outputs, `target` picks the output being explained: an int
+(flat index into the output), a tuple (index into a multi-dimensional output), or an
+integer array `(B,)` with one flat index per row. A model whose output has exactly one
+element needs no `target`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from ._batching import map_chunks
+from ._validate import as_float_array, check_choice, check_positive_int, sample_shapes
+
+Target = int | tuple[int, ...] | Int[Array, " batch"] | None
+IG_METHODS = (
+    "gausslegendre",
+    "riemann_trapezoid",
+    "riemann_left",
+    "riemann_right",
+    "riemann_middle",
+)
+
+
+def _prepare(model, X, target, chunk_size):
+    """Validate the common arguments; return `(X, targets (B,) int32, chunk_size)`."""
+    X = as_float_array(X, "X")
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    _, out_shape, _ = sample_shapes(model, X)
+    n_out = math.prod(out_shape)
+    B = X.shape[0]
+    if target is None:
+        if n_out != 1:
+            raise ValueError(
+                f"`target` is required: the model's output has shape {out_shape} "
+                f"({n_out} elements); pass the index of the output to explain."
+            )
+        flat = 0
+    elif isinstance(target, tuple):
+        if len(target) != len(out_shape) or not all(
+            isinstance(t, int | np.integer) and -s <= t < s
+            for t, s in zip(target, out_shape, strict=False)
+        ):
+            raise ValueError(
+                f"`target` {target!r} is not an index into the output of shape {out_shape}."
+            )
+        flat = int(
+            np.ravel_multi_index(
+                tuple(t % s for t, s in zip(target, out_shape, strict=True)), out_shape
+            )
+        )
+    elif isinstance(target, int | np.integer) and not isinstance(target, bool):
+        if not -n_out <= target < n_out:
+            raise ValueError(
+                f"`target` must be in [0, {n_out}) for an output of {n_out} elements, got {target}."
+            )
+        flat = int(target) % n_out
+    elif isinstance(target, np.ndarray | jax.Array):
+        if target.shape != (B,) or not jnp.issubdtype(target.dtype, jnp.integer):
+            raise ValueError(
+                f"`target` as an array must be integers of shape ({B},) (one per row of X), "
+                f"got {target.dtype} {target.shape}."
+            )
+        try:
+            t = np.asarray(target)
+        except jax.errors.TracerArrayConversionError:  # under jit: checked by the caller
+            t = None
+        if t is not None and t.size and (t.min() < 0 or t.max() >= n_out):
+            raise ValueError(
+                f"`target` entries must be in [0, {n_out}), got range [{t.min()}, {t.max()}]."
+            )
+        return X, jnp.asarray(target, jnp.int32), chunk_size
+    else:
+        raise TypeError(
+            f"`target` must be None, an int, a tuple or an integer array, got {target!r:.60}."
+        )
+    return X, jnp.full((B,), flat, jnp.int32), chunk_size
+
+
+def _selected(model):
+    """`(x, t) -> model(x).ravel()[t]`: the scalar being explained."""
+
+    def f(x, t):
+        return jnp.reshape(model(x), (-1,))[t]
+
+    return f
+
+
+@eqx.filter_jit
+def _grad_impl(model, X, T, chunk_size):
+    g = jax.vmap(jax.grad(_selected(model)))
+    return map_chunks(g, X, T, chunk_size=chunk_size)
+
+
+def saliency(
+    model: Callable[[Array], Array],
+    X: Float[Array, "batch *in"],
+    *,
+    target: Target = None,
+    abs: bool = True,
+    chunk_size: int | None = 4096,
+) -> Float[Array, "batch *in"]:
+    """Saliency map: the gradient of the selected output with respect to the input.
+
+    Row `b` is `|∂y_t/∂x|` at `X[b]` (Simonyan et al., 2014), i.e. row `t` of the input
+    Jacobian, in absolute value unless `abs=False`.
+
+    **Arguments:**
+
+    - `model`: callable on one sample.
+    - `X`: inputs `(B, *in_shape)`.
+    - `target`: the output to explain (see the module docstring).
+    - `abs`: take the absolute value (default) or keep the sign.
+    - `chunk_size`: rows per chunk.
+
+    **Returns:**
+
+    `(B, *in_shape)`.
+    """
+    X, T, chunk_size = _prepare(model, X, target, chunk_size)
+    g = _grad_impl(model, X, T, chunk_size)
+    return jnp.abs(g) if abs else g
+
+
+def gradient_x_input(
+    model: Callable[[Array], Array],
+    X: Float[Array, "batch *in"],
+    *,
+    target: Target = None,
+    chunk_size: int | None = 4096,
+) -> Float[Array, "batch *in"]:
+    """Gradient times input: `x ⊙ ∂y_t/∂x` for every row.
+
+    For a linear model `y = w·x + c` this is the exact contribution `w_i x_i` of each input.
+
+    **Arguments:**
+
+    - `model`: callable on one sample.
+    - `X`: inputs `(B, *in_shape)`.
+    - `target`: the output to explain.
+    - `chunk_size`: rows per chunk.
+
+    **Returns:**
+
+    `(B, *in_shape)`.
+    """
+    X, T, chunk_size = _prepare(model, X, target, chunk_size)
+    return X * _grad_impl(model, X, T, chunk_size)
+
+
+def _ig_nodes(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points `α_k` in [0, 1] and weights `w_k` with `Σ w_k g(α_k) ≈ ∫₀¹ g`."""
+    n = n_steps
+    if method == "gausslegendre":
+        x, w = np.polynomial.legendre.leggauss(n)
+        return (x + 1) / 2, w / 2
+    if method == "riemann_trapezoid":
+        alphas = np.linspace(0.0, 1.0, n)
+        w = np.full(n, 1.0 / (n - 1))
+        w[[0, -1]] /= 2
+        return alphas, w
+    offset = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 0.5}[method]
+    return (np.arange(n) + offset) / n, np.full(n, 1.0 / n)
+
+
+@eqx.filter_jit
+def _ig_impl(model, X, base, T, alphas, weights, chunk_size):
+    f = _selected(model)
+    grad = jax.grad(f)
+
+    def one(x, b, t):
+        d = x - b
+        path = b[None] + alphas.reshape((-1,) + (1,) * x.ndim) * d[None]
+        g = jax.vmap(grad, in_axes=(0, None))(path, t)
+        attr = d * jnp.tensordot(weights, g, axes=1)
+        delta = jnp.sum(attr) - (f(x, t) - f(b, t))
+        return attr, delta
+
+    return map_chunks(jax.vmap(one), X, base, T, chunk_size=chunk_size)
+
+
+def integrated_gradients(
+    model: Callable[[Array], Array],
+    X: Float[Array, "batch *in"],
+    *,
+    baseline: float | Float[Array, "*in"] | Float[Array, "batch *in"] = 0.0,
+    target: Target = None,
+    n_steps: int = 50,
+    method: Literal[
+        "gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"
+    ] = "gausslegendre",
+    return_delta: bool = True,
+    chunk_size: int | None = 256,
+) -> Float[Array, "batch *in"] | tuple[Float[Array, "batch *in"], Float[Array, " batch"]]:
+    """Integrated gradients (Sundararajan et al., 2017).
+
+    `IG_i(x) = (x_i - x'_i) ∫₀¹ ∂y_t/∂x_i (x' + α (x - x')) dα` for the baseline `x'`,
+    with the integral taken by a quadrature of `n_steps` points. The attributions satisfy
+    completeness, `Σ_i IG_i = y_t(x) - y_t(x')`, up to the quadrature error; `delta`
+    reports that error per row.
+
+    **Arguments:**
+
+    - `model`: callable on one sample.
+    - `X`: inputs `(B, *in_shape)`.
+    - `baseline`: `x'`, a scalar, one sample `in_shape`, or one per row `(B, *in_shape)`.
+    - `target`: the output to explain.
+    - `n_steps`: quadrature points (≥ 1; ≥ 2 for `riemann_trapezoid`).
+    - `method`: `"gausslegendre"` (default; exact for polynomial paths of degree
+        `< 2 n_steps`), `"riemann_trapezoid"`, `"riemann_left"`, `"riemann_right"` or
+        `"riemann_middle"`.
+    - `return_delta`: also return the completeness error.
+    - `chunk_size`: rows per chunk (each row is expanded into `n_steps` points).
+
+    **Returns:**
+
+    The attributions `(B, *in_shape)`, and if `return_delta` the completeness error
+    `delta = Σ_i IG_i - (y_t(x) - y_t(x'))` of shape `(B,)`.
+    """
+    check_choice(method, "method", IG_METHODS)
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int | np.integer) or n_steps < 1:
+        raise ValueError(f"`n_steps` must be an int >= 1, got {n_steps!r}.")
+    if method == "riemann_trapezoid" and n_steps < 2:
+        raise ValueError(f"`n_steps` must be >= 2 for method='riemann_trapezoid', got {n_steps}.")
+    X, T, chunk_size = _prepare(model, X, target, chunk_size)
+    base = as_float_array(baseline, "baseline").astype(X.dtype)
+    try:
+        base = jnp.broadcast_to(base, X.shape)
+    except ValueError as e:
+        raise ValueError(
+            f"`baseline` must be a scalar or have shape {X.shape[1:]} or {X.shape}, "
+            f"got {base.shape}."
+        ) from e
+    alphas, weights = _ig_nodes(method, int(n_steps))
+    attr, delta = _ig_impl(
+        model,
+        X,
+        base,
+        T,
+        jnp.asarray(alphas, X.dtype),
+        jnp.asarray(weights, X.dtype),
+        chunk_size,
+    )
+    return (attr, delta) if return_delta else attr
+
+
+@eqx.filter_jit
+def _smoothgrad_impl(model, X, keys, T, n_samples, stdev, squared, chunk_size):
+    grad = jax.grad(_selected(model))
+
+    def one(x, k, t):
+        noise = jax.random.normal(k, (n_samples, *x.shape), x.dtype)
+        g = jax.vmap(grad, in_axes=(0, None))(x[None] + stdev * noise, t)
+        return jnp.mean(g * g if squared else g, axis=0)
+
+    return map_chunks(jax.vmap(one), X, keys, T, chunk_size=chunk_size)
+
+
+def smoothgrad(
+    model: Callable[[Array], Array],
+    X: Float[Array, "batch *in"],
+    *,
+    key: PRNGKeyArray,
+    target: Target = None,
+    n_samples: int = 50,
+    stdev: float = 0.15,
+    squared: bool = False,
+    chunk_size: int | None = 256,
+) -> Float[Array, "batch *in"]:
+    """SmoothGrad (Smilkov et al., 2017): the gradient averaged over noisy copies of `x`.
+
+    Row `b` is `(1/n) Σ_k ∂y_t/∂x (X[b] + ε_k)` with `ε_k ~ N(0, stdev² I)`, or the mean
+    of the squared gradients with `squared=True` (SmoothGrad-Squared). Noise for row `b`
+    comes from `jax.random.split(key, B)[b]`, so results do not depend on `chunk_size`.
+
+    **Arguments:**
+
+    - `model`: callable on one sample.
+    - `X`: inputs `(B, *in_shape)`.
+    - `key`: a JAX PRNG key (keyword-only, required).
+    - `target`: the output to explain.
+    - `n_samples`: noisy copies per row (≥ 1).
+    - `stdev`: standard deviation of the noise, in the units of `X` (≥ 0; 0 gives the
+        plain gradient). Scale it to your inputs' range.
+    - `squared`: average squared gradients instead.
+    - `chunk_size`: rows per chunk (each row is expanded into `n_samples` points).
+
+    **Returns:**
+
+    `(B, *in_shape)`.
+    """
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int | np.integer) or n_samples < 1:
+        raise ValueError(f"`n_samples` must be an int >= 1, got {n_samples!r}.")
+    if not isinstance(stdev, int | float | np.floating) or not (
+        stdev >= 0 and math.isfinite(stdev)
+    ):
+        raise ValueError(f"`stdev` must be a finite number >= 0, got {stdev!r}.")
+    if not isinstance(key, jax.Array) or not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if not (isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)):
+            raise TypeError(f"`key` must be a JAX PRNG key, got {type(key).__name__}.")
+    X, T, chunk_size = _prepare(model, X, target, chunk_size)
+    keys = jax.random.split(key, X.shape[0])
+    return _smoothgrad_impl(
+        model, X, keys, T, int(n_samples), float(stdev), bool(squared), chunk_size
+    )
+
+
+__all__ = ["saliency", "gradient_x_input", "integrated_gradients", "smoothgrad"]

@@ -1,0 +1,163 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import assert_close, random_mlp
+
+import jacsens
+from jacsens import attribution as attr
+
+W = np.array([[1.0, -2.0, 0.5, 3.0], [0.25, 1.0, -1.0, 2.0]])
+B0 = np.array([0.3, -0.7])
+
+
+def linear(x):
+    return jnp.asarray(W, x.dtype) @ x + jnp.asarray(B0, x.dtype)
+
+
+@pytest.fixture
+def net(getkey):
+    return random_mlp(getkey(), 4, (8, 6), 3, "tanh")
+
+
+@pytest.mark.parametrize("method", attr.IG_METHODS)
+def test_ig_linear_model_is_exact(getkey, method):
+    X = jax.random.normal(getkey(), (7, 4))
+    base = jax.random.normal(getkey(), (4,))
+    for t in (0, 1):
+        ig, delta = attr.integrated_gradients(
+            linear, X, baseline=base, target=t, n_steps=5, method=method
+        )
+        assert_close(ig, (X - base) * W[t], 1e-12)
+        assert np.max(np.abs(delta)) < 1e-12
+
+
+@pytest.mark.parametrize("method", ["gausslegendre", "riemann_trapezoid", "riemann_middle"])
+def test_ig_delta_shrinks_with_steps(net, getkey, method):
+    X = 2 * jax.random.normal(getkey(), (16, 4))
+    errs = []
+    for n in (2, 4, 8, 16, 32):
+        _, delta = attr.integrated_gradients(net, X, target=2, n_steps=n, method=method)
+        errs.append(float(jnp.max(jnp.abs(delta))))
+    assert all(b < a for a, b in zip(errs, errs[1:], strict=False)), errs
+    # second-order rules: 16x the steps cuts the error ~256x; Gauss-Legendre far more
+    assert errs[-1] < 1e-2 * errs[0]
+
+
+def test_ig_riemann_left_right_first_order(net, getkey):
+    X = jax.random.normal(getkey(), (8, 4))
+    e = {
+        n: float(
+            jnp.max(
+                jnp.abs(
+                    attr.integrated_gradients(net, X, target=0, n_steps=n, method="riemann_left")[1]
+                )
+            )
+        )
+        for n in (20, 40)
+    }
+    # first-order rule: doubling the steps roughly halves the error
+    assert 0.35 < e[40] / e[20] < 0.65, e
+
+
+def test_ig_matches_dense_quadrature_and_options(net, getkey):
+    X = jax.random.normal(getkey(), (5, 4))
+    base = jax.random.normal(getkey(), (5, 4))
+    ig = attr.integrated_gradients(net, X, baseline=base, target=1, n_steps=64, return_delta=False)
+    # reference: trapezoid on a fine grid with the full Jacobian
+    alphas = np.linspace(0, 1, 4001)
+    Js = [np.asarray(jacsens.input_jacobian(net, base + a * (X - base)))[:, 1, :] for a in alphas]
+    ref = (np.asarray(X) - np.asarray(base)) * np.trapezoid(np.stack(Js), alphas, axis=0)
+    assert_close(ig, ref, 1e-6)
+    chunked = attr.integrated_gradients(
+        net, X, baseline=base, target=1, n_steps=64, return_delta=False, chunk_size=2
+    )
+    assert_close(chunked, ig, 1e-13)
+    per_row = attr.integrated_gradients(
+        net, X, baseline=base, target=jnp.array([1] * 5), n_steps=64, return_delta=False
+    )
+    assert_close(per_row, ig, 1e-14)
+
+
+def test_saliency_is_abs_jacobian_row(net, getkey):
+    X = jax.random.normal(getkey(), (9, 4))
+    J = np.asarray(jacsens.input_jacobian(net, X))
+    for t in range(3):
+        assert_close(attr.saliency(net, X, target=t), np.abs(J[:, t]), 1e-13)
+        assert_close(attr.saliency(net, X, target=t, abs=False), J[:, t], 1e-13)
+        assert_close(attr.gradient_x_input(net, X, target=t), J[:, t] * np.asarray(X), 1e-13)
+    targets = jnp.array([0, 2, 1, 1, 0, 2, 2, 0, 1])
+    rows = J[np.arange(9), np.asarray(targets)]
+    assert_close(attr.saliency(net, X, target=targets, chunk_size=4), np.abs(rows), 1e-13)
+
+
+def test_multidimensional_output_tuple_target(getkey):
+    def f(x):
+        return jnp.outer(x[:2], x[2:])  # (2, 2)
+
+    X = jax.random.normal(getkey(), (3, 4))
+    g = attr.saliency(f, X, target=(1, 0), abs=False)
+    expected = np.zeros((3, 4))
+    expected[:, 1] = X[:, 2]
+    expected[:, 2] = X[:, 1]
+    assert_close(g, expected, 1e-14)
+
+
+def test_smoothgrad(getkey):
+    c = jnp.array([1.0, -0.5, 2.0])
+
+    def f(x):
+        return jnp.sum(c * x**2)
+
+    X = jax.random.normal(getkey(), (4, 3))
+    plain = attr.smoothgrad(f, X, key=getkey(), stdev=0.0, n_samples=3)
+    assert_close(plain, 2 * c * X, 1e-14)
+    sigma, n = 0.3, 20000
+    sg = attr.smoothgrad(f, X, key=getkey(), stdev=sigma, n_samples=n)
+    # E[2c(x+ε)] = 2cx, spread 2|c|σ/√n per entry
+    assert np.all(np.abs(sg - 2 * c * X) < 5 * 2 * np.abs(c) * sigma / np.sqrt(n))
+    sq = attr.smoothgrad(f, X, key=getkey(), stdev=sigma, n_samples=n, squared=True)
+    # E[(2c(x+ε))²] = 4c²(x² + σ²)
+    assert_close(sq, 4 * c**2 * (X**2 + sigma**2), 0.03)
+    k = getkey()
+    a = attr.smoothgrad(f, X, key=k, stdev=sigma, n_samples=8)
+    b = attr.smoothgrad(f, X, key=k, stdev=sigma, n_samples=8, chunk_size=1)
+    assert_close(a, b, 1e-14)
+
+
+def test_float32_jitted(getkey):
+    net32 = random_mlp(getkey(), 4, (8,), "scalar", "tanh", dtype=jnp.float32)
+    X = jax.random.normal(getkey(), (6, 4), jnp.float32)
+    ig, delta = attr.integrated_gradients(net32, X, n_steps=16)
+    assert ig.dtype == jnp.float32 and delta.shape == (6,)
+    assert float(jnp.max(jnp.abs(delta))) < 1e-4
+
+
+def test_errors(net, getkey):
+    X = jax.random.normal(getkey(), (3, 4))
+    with pytest.raises(ValueError, match="`target` is required.*\\(3,\\)"):
+        attr.saliency(net, X)
+    with pytest.raises(ValueError, match="`target` must be in \\[0, 3\\)"):
+        attr.saliency(net, X, target=3)
+    with pytest.raises(ValueError, match="`target`"):
+        attr.saliency(net, X, target=jnp.array([0, 1]))
+    with pytest.raises(ValueError, match="`target`"):
+        attr.saliency(net, X, target=jnp.array([0, 1, 5]))
+    with pytest.raises(TypeError, match="`target`"):
+        attr.saliency(net, X, target="y0")
+    with pytest.raises(ValueError, match="`n_steps`"):
+        attr.integrated_gradients(net, X, target=0, n_steps=0)
+    with pytest.raises(ValueError, match="`n_steps`.*riemann_trapezoid"):
+        attr.integrated_gradients(net, X, target=0, n_steps=1, method="riemann_trapezoid")
+    with pytest.raises(ValueError, match="`method`"):
+        attr.integrated_gradients(net, X, target=0, method="simpson")
+    with pytest.raises(ValueError, match="`baseline`"):
+        attr.integrated_gradients(net, X, target=0, baseline=jnp.zeros(5))
+    with pytest.raises(ValueError, match="`stdev`"):
+        attr.smoothgrad(net, X, target=0, key=getkey(), stdev=-0.1)
+    with pytest.raises(ValueError, match="`n_samples`"):
+        attr.smoothgrad(net, X, target=0, key=getkey(), n_samples=0)
+    with pytest.raises(TypeError, match="`key`"):
+        attr.smoothgrad(net, X, target=0, key=0)
+    with pytest.raises(ValueError, match="X"):
+        attr.saliency(net, jnp.zeros((3, 5)), target=0)
