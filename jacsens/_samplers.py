@@ -59,7 +59,8 @@ class Sampler(eqx.Module):
         Rows beyond `n` are drawn too (the caller masks them): every chunk has shape
         `(size, *in_shape)`, so one compiled function serves the whole stream.
         """
-        return _draw(self, jnp.asarray(index, jnp.uint32), size)
+        index = jnp.asarray(index, jnp.uint32)
+        return _draw(self.kind, self.in_shape, self.dtype, self.key, self.params, index, size)
 
     def __len__(self) -> int:
         return self.n
@@ -74,10 +75,10 @@ _DRAWERS: dict[str, Callable] = {
 
 
 @eqx.filter_jit
-def _draw(sampler: Sampler, index, size: int):
-    k = jax.random.fold_in(sampler.key, index)
-    draw = _DRAWERS[sampler.kind]
-    return draw(k, (size, *sampler.in_shape), sampler.dtype, *sampler.params)
+def _draw(kind, in_shape, dtype, key, params, index, size: int):
+    # `n` is not an argument: samplers of any length share one compiled function
+    k = jax.random.fold_in(key, index)
+    return _DRAWERS[kind](k, (size, *in_shape), dtype, *params)
 
 
 def _float_dtype(dtype: Any) -> Any:
