@@ -174,6 +174,7 @@ def save(path: PathLike, model: Any) -> None:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())  # mkstemp creates 0600; give the usual umask mode
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -181,6 +182,12 @@ def save(path: PathLike, model: Any) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def read_header(path: PathLike) -> dict[str, Any]:
