@@ -18,10 +18,19 @@ from ._validate import as_float_array, check_positive_int, check_same_batch, sam
 def _check(model, loss, X, Y, chunk_size=None):
     X = as_float_array(X, "X")
     Y = jnp.asarray(Y)
-    sample_shapes(model, X)
+    _, out_shape, _ = sample_shapes(model, X)
     check_same_batch(X, Y)
     chunk_size = check_positive_int(chunk_size, "chunk_size")
-    return get_loss(loss), X, Y, chunk_size
+    loss_fn = get_loss(loss)
+    if isinstance(loss, str):  # a named loss: one target per output, never a broadcast
+        labels = loss == "cross_entropy" and jnp.issubdtype(Y.dtype, jnp.integer)
+        expected = out_shape[:-1] if labels else out_shape
+        if Y.shape[1:] != tuple(expected):
+            raise ValueError(
+                f"`Y` must have shape (batch, *{tuple(expected)}) for loss {loss!r} and a "
+                f"model output of shape {tuple(out_shape)}, got {Y.shape}."
+            )
+    return loss_fn, X, Y, chunk_size
 
 
 def _sample_loss(model, x, y, loss):
