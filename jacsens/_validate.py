@@ -35,7 +35,8 @@ def check_positive_int(value: Any, argname: str, *, allow_none: bool = True) -> 
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"`{argname}` must be a positive int or None, got {value!r}.")
+        or_none = " or None" if allow_none else ""
+        raise ValueError(f"`{argname}` must be a positive int{or_none}, got {value!r}.")
     return int(value)
 
 
