@@ -45,6 +45,13 @@ class History:
     def __len__(self) -> int:
         return len(self.train_loss)
 
+    def __repr__(self) -> str:
+        last = f"train_loss[-1]={self.train_loss[-1]:.4g}" if self.train_loss else "empty"
+        if self.val_loss:
+            last += f", val_loss[-1]={self.val_loss[-1]:.4g}"
+        stop = ", stopped_early=True" if self.stopped_early else ""
+        return f"History(epochs={self.epochs}, {last}{stop})"
+
     def to_frame(self):
         """The losses as a `pandas.DataFrame` indexed by epoch (1-based)."""
         import pandas as pd
@@ -153,7 +160,7 @@ def _check_targets(model, X, Y, loss_fn: LossFn, xname: str, yname: str):
         and Y.shape[1:] != out_shape
     ):
         raise ValueError(
-            f"`{yname}` must have shape (batch, {', '.join(map(str, out_shape))}) to match the "
+            f"`{yname}` must have shape (batch{''.join(f', {d}' for d in out_shape)}) to match the "
             f"model's output {out_shape} under a squared-error loss, got {Y.shape}; reshape it "
             "(broadcasting the two would silently fit the wrong target)."
         )

@@ -86,6 +86,7 @@ def test_validation_history_frame_and_callbacks(getkey):
     )
     assert seen == [(0, 1, 1), (1, 2, 2), (2, 3, 3)]
     assert hist.stopped_early and hist.epochs == 3
+    assert repr(hist).startswith("History(epochs=3, train_loss[-1]=")
     assert hist.val_loss[-1] == pytest.approx(float(jnp.mean((jax.vmap(fitted)(Xv) - Yv) ** 2)))
     frame = hist.to_frame()
     assert list(frame.columns) == ["train_loss", "val_loss"]
