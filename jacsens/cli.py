@@ -334,6 +334,11 @@ def _check_model_input(model, n_features: int, source: str) -> None:
             f"the model takes inputs of shape {got}, but the data ({source}) have "
             f"{n_features} features"
         )
+    if chain.out_shape not in ((), (1,)):
+        raise CLIError(
+            f"the model has outputs of shape {chain.out_shape}; analyze needs a model with "
+            "one output (the target)"
+        )
 
 
 def _fit_or_load(args, data: _Data, timings: dict[str, float]):
@@ -391,7 +396,7 @@ def _fit_or_load(args, data: _Data, timings: dict[str, float]):
             final_test_loss=history.val_loss[-1],
         )
     t0 = time.perf_counter()
-    predict = jax.jit(jax.vmap(model))
+    predict = jax.jit(lambda X: jax.vmap(model)(X).reshape(X.shape[0]))
     info["train_r2"] = _r2(y_tr.astype(np.float64), np.asarray(predict(X_tr), np.float64))
     info["test_r2"] = _r2(y_te.astype(np.float64), np.asarray(predict(X_te), np.float64))
     timings["evaluate_s"] = time.perf_counter() - t0

@@ -154,6 +154,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, linear_csv, capsys):
     notes.write_text("not a model\n")
     wide = tmp_path / "wide.jsns"
     jacsens.save(wide, jacsens.MLP(7, (), "scalar", key=jax.random.key(0)))
+    multi = tmp_path / "multi.jsns"
+    jacsens.save(multi, jacsens.MLP(3, (), 2, key=jax.random.key(0)))
     cases = [
         (["analyze", "--data", str(tmp_path / "missing.csv"), "--target", "y"], "does not exist"),
         (["analyze", "--data", str(text), "--target", "y"], "not numeric"),
@@ -162,6 +164,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, linear_csv, capsys):
         (["analyze", "--target", "y"], "--data"),
         (["analyze", "--model", str(notes)], "not a jacsens model file"),
         (["analyze", "--model", str(wide)], "7"),
+        (["analyze", "--data", str(data), "--target", "y", "--model", str(multi)], "one output"),
         (["analyze", "--model", str(tmp_path / "absent.jsns")], "does not exist"),
         (["analyze", "--hidden", "a,b"], "--hidden"),
         (["analyze", "--hidden", "4,-1"], "--hidden"),
