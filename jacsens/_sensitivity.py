@@ -699,12 +699,20 @@ def sensitivity(
                 f"Non-finite {what} in `data`: chunk {index}, row {r} of the chunk "
                 f"(sample {index * chunk_size + r}). Pass nan_policy='omit' to skip such rows."
             )
-        n_omitted += int(bad_rows.size)
-        merge = (lambda s: stats_stack_merge(jax.tree.map(_to_host, s))) if mesh else stats_to_host
-        jac = stats_merge(jac, merge(out["jac"]))
-        if interactions:
-            hess = stats_merge(hess, merge(out["hess"]))
-        chunks_done, rows_done = index + 1, rows_done + n_valid
+        if mesh is None:
+            merge = stats_to_host
+        else:
+            merge = lambda s: stats_stack_merge(jax.tree.map(_to_host, s))  # noqa: E731
+        new_jac = stats_merge(jac, merge(out["jac"]))
+        new_hess = stats_merge(hess, merge(out["hess"])) if interactions else None
+        # one assignment, so an interrupt never leaves a half-updated state to be saved
+        jac, hess, chunks_done, rows_done, n_omitted = (
+            new_jac,
+            new_hess,
+            index + 1,
+            rows_done + n_valid,
+            n_omitted + int(bad_rows.size),
+        )
         if bar is not None:
             bar.update(n_valid)
         if checkpoint is not None and chunks_done % checkpoint_every == 0:

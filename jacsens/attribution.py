@@ -314,7 +314,7 @@ def smoothgrad(
     X, T, chunk_size = _prepare(model, X, target, chunk_size)
     keys = jax.random.split(key, X.shape[0])
     return _smoothgrad_impl(
-        model, X, keys, T, int(n_samples), float(stdev), bool(squared), chunk_size
+        model, X, keys, T, int(n_samples), jnp.asarray(stdev, X.dtype), bool(squared), chunk_size
     )
 
 
