@@ -2,7 +2,7 @@
 
 import importlib.metadata
 
-from . import backprop as backprop, datasets as datasets
+from . import attribution as attribution, backprop as backprop, datasets as datasets, plot as plot
 from ._chain import (
     ChainError as ChainError,
     JacobianCost as JacobianCost,
