@@ -331,7 +331,7 @@ class JacobianCost:
 
     - `batch_size`: the batch the numbers are for.
     - `flops`: mode -> floating-point operations (2 per multiply-add) for the whole batch.
-    - `bytes`: mode -> bytes of intermediates plus the Jacobian written, for the batch.
+    - `bytes`: mode -> bytes moved (operands read, results written), for the batch.
     - `best`: the mode `input_jacobian(mode="auto")` picks.
     - `order`: the optimal multiplication order of the dense factors (`chain` mode), or
         `None` for models without a readable chain.
@@ -351,49 +351,200 @@ class JacobianCost:
         return "\n".join(rows)
 
 
-def chain_cost(chain: Chain, batch_size: int, itemsize: int) -> JacobianCost:
-    """Cost model for a model with a readable chain (shapes only)."""
-    dims = chain.dims
-    n_in, n_out = chain.in_width, chain.out_width
-    matvec = sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))  # one pass, multiply-adds
-    widest = max(dims)
-    order = _chain_order(chain)
-    last = dims[-1] * dims[-2] if len(dims) > 1 else 0
-    per_sample_madds = {
-        "rev": matvec + n_out * matvec,
-        "fwd": matvec + n_in * matvec,
-        "chain": matvec + order.cost + n_out * n_in,
-        "backprop": matvec + n_out * (matvec - last) + n_out * sum(dims[1:-1]),
-    }
-    per_sample_elems = {
-        "rev": n_out * widest + n_out * n_in,
-        "fwd": n_in * widest + n_out * n_in,
-        "chain": _peak_chain_elems(order) + n_out * n_in,
-        "backprop": n_out * widest + n_out * n_in,
-    }
-    flops = {m: 2.0 * batch_size * v for m, v in per_sample_madds.items()}
-    nbytes = {m: float(batch_size * itemsize * v) for m, v in per_sample_elems.items()}
-    best = min(("chain", "rev", "fwd"), key=lambda m: (flops[m], nbytes[m]))
-    return JacobianCost(batch_size, flops, nbytes, best, order.describe() if dims else None)
+@dataclasses.dataclass(frozen=True)
+class DeviceModel:
+    """Roofline constants of a kind of device, used to rank the Jacobian modes.
+
+    An operation moving `b` bytes and doing `f` FLOPs is taken to last
+    `max(f / peak_flops, b / bandwidth) + op_overhead` seconds. Only the ratios between modes
+    matter for `auto`, so typical figures of the device kind do: the machine balance
+    `peak_flops / bandwidth` and the overhead decide between a FLOP-lean order with large
+    intermediates and a FLOP-heavier one with small intermediates.
+    """
+
+    name: str
+    peak_flops: float  # float32 FLOP/s
+    bandwidth: float  # bytes/s
+    op_overhead: float  # seconds per kernel
 
 
-def _peak_chain_elems(order: ChainOrder) -> int:
-    n = len(order.dims) - 1
-    if n < 2:
-        return 0
-    peak = 0
+DEVICE_MODELS = {
+    "cpu": DeviceModel("cpu", 2.0e11, 2.0e10, 2.0e-6),
+    "gpu": DeviceModel("gpu", 5.0e13, 2.0e12, 5.0e-6),
+    "tpu": DeviceModel("tpu", 1.0e14, 1.0e12, 5.0e-6),
+}
 
-    def walk(i, j):
-        nonlocal peak
+# `auto` keeps chain unless rev or fwd is estimated at least 10% faster: where chain's
+# order is the reverse (forward) sweep anyway, their estimates tie, and measured chain wins
+# such ties (activation derivatives in closed form, weights kept unbatched until they meet
+# a per-sample factor).
+CHAIN_MARGIN = 1.1
+
+
+def device_model(platform: str | None = None) -> DeviceModel:
+    """The `DeviceModel` for a JAX platform name (`"cpu"`, `"gpu"`, `"cuda"`, `"rocm"`,
+    `"tpu"`); `None` means `jax.default_backend()`. Unknown platforms count as GPUs."""
+    platform = jax.default_backend() if platform is None else platform.lower()
+    if platform in ("cuda", "rocm"):
+        platform = "gpu"
+    return DEVICE_MODELS.get(platform, DEVICE_MODELS["gpu"])
+
+
+@dataclasses.dataclass
+class _Tally:
+    """FLOPs, bytes moved and roofline seconds of a sequence of operations."""
+
+    device: DeviceModel
+    itemsize: int
+    flops: float = 0.0
+    bytes: float = 0.0
+    seconds: float = 0.0
+
+    def op(self, flops: float, elems: float) -> None:
+        nbytes = float(elems) * self.itemsize
+        self.flops += flops
+        self.bytes += nbytes
+        self.seconds += (
+            max(flops / self.device.peak_flops, nbytes / self.device.bandwidth)
+            + self.device.op_overhead
+        )
+
+    def matmul(self, m: int, k: int, n: int, batch: int, lb: bool, rb: bool) -> None:
+        """`(m, k) @ (k, n)`, each operand per sample (`lb`, `rb`) or shared."""
+        out = batch if (lb or rb) else 1
+        self.op(
+            2.0 * out * m * k * n,
+            (batch if lb else 1) * m * k + (batch if rb else 1) * k * n + out * m * n,
+        )
+
+    def scale(self, elems: int, batch: int, batched: bool) -> None:
+        """Scale `elems` entries per sample by a per-sample diagonal (a broadcast if the
+        operand was shared)."""
+        self.op(float(batch * elems), (batch if batched else 1) * elems + 2 * batch * elems)
+
+
+def _diag_flags(chain: Chain) -> list[bool]:
+    """`flags[k]`: a per-sample diagonal sits after dense factor `k` (`0`: on the input)."""
+    flags = [False] * (len(chain.linears) + 1)
+    k = 0
+    for step in chain.steps:
+        if isinstance(step, LinearStep):
+            k += 1
+        else:
+            flags[k] = True
+    return flags
+
+
+def _forward(t: _Tally, dims: list[int], flags: list[bool], batch: int) -> None:
+    """The forward pass with activation derivatives (common to every mode)."""
+    if flags[0]:
+        t.op(4.0 * batch * dims[0], 3 * batch * dims[0])
+    for k in range(1, len(dims)):
+        t.matmul(batch, dims[k - 1], dims[k], 1, True, False)
+        if flags[k]:
+            t.op(4.0 * batch * dims[k], 3 * batch * dims[k])
+
+
+def _sweep(t: _Tally, widths: list[int], flags: list[bool], batch: int) -> None:
+    """One autodiff sweep pushing an identity seed of `widths[0]` rows through the layers.
+
+    The seed is shared by the whole batch, so products stay unbatched (done once) until
+    the first per-sample diagonal; this is how `vmap(jacrev)` / `vmap(jacfwd)` execute.
+    """
+    rows = widths[0]
+    batched = False
+    for j in range(len(widths) - 1):
+        if flags[j]:
+            t.scale(rows * widths[j], batch, batched)
+            batched = True
+        t.matmul(rows, widths[j], widths[j + 1], batch, batched, False)
+    if flags[-1]:
+        t.scale(rows * widths[-1], batch, batched)
+        batched = True
+    if not batched:
+        t.op(0.0, batch * rows * widths[-1])
+
+
+def _chain_tree(t: _Tally, order: ChainOrder, flags: list[bool], batch: int) -> None:
+    """The operations of `chain_jacobian` for the order `order` (mirrors its recursion)."""
+    dims = order.dims
+    n = len(dims) - 1
+
+    def product(i: int, j: int) -> bool:
         if i == j:
-            return
+            return False
         k = order.split[(i, j)]
-        walk(i, k)
-        walk(k + 1, j)
-        peak = max(peak, order.dims[j] * order.dims[i - 1])
+        lb = product(k + 1, j)
+        rb = product(i, k)
+        if flags[k]:
+            if dims[j] <= dims[i - 1]:
+                t.scale(dims[j] * dims[k], batch, lb)
+                lb = True
+            else:
+                t.scale(dims[k] * dims[i - 1], batch, rb)
+                rb = True
+        t.matmul(dims[j], dims[k], dims[i - 1], batch, lb, rb)
+        return lb or rb
 
-    walk(1, n)
-    return peak
+    batched = product(1, n) if n else False
+    jac = dims[-1] * dims[0]
+    if not batched:
+        t.op(0.0, batch * jac)
+    for k in (n, 0):
+        if flags[k]:
+            t.scale(jac, batch, True)
+
+
+def chain_estimates(
+    chain: Chain, batch_size: int, itemsize: int, platform: str | None = None
+) -> dict[str, tuple[float, float, float]]:
+    """Per mode: `(flops, bytes moved, roofline seconds)` for the whole batch.
+
+    Every mode includes the forward pass. rev and fwd are the autodiff sweeps from an
+    identity seed (`_sweep`); chain is `chain_jacobian`'s order; backprop is the output-side
+    recursion of `jacsens.backprop`, whose seed is per sample from the start.
+    """
+    dims = list(chain.dims)
+    flags = _diag_flags(chain)
+    device = device_model(platform)
+    B = batch_size
+    out: dict[str, tuple[float, float, float]] = {}
+    for mode in JACOBIAN_MODES:
+        t = _Tally(device, itemsize)
+        _forward(t, dims, flags, B)
+        if mode == "rev":
+            _sweep(t, dims[::-1], flags[::-1], B)
+        elif mode == "fwd":
+            _sweep(t, dims, flags, B)
+        elif mode == "chain":
+            _chain_tree(t, _chain_order(chain), flags, B)
+        else:
+            back = flags[::-1]
+            back[0] = True  # the kernel's seed is a per-sample array from the start
+            _sweep(t, dims[::-1], back, B)
+        out[mode] = (t.flops, t.bytes, t.seconds)
+    return out
+
+
+def chain_cost(
+    chain: Chain, batch_size: int, itemsize: int, platform: str | None = None
+) -> JacobianCost:
+    """Cost model for a model with a readable chain (shapes and the platform only).
+
+    FLOPs and bytes moved are counted operation by operation as each mode executes
+    (`chain_estimates`); `best` is the mode with the smallest roofline time on the
+    platform's `DeviceModel`; chain is kept unless the better of rev/fwd is estimated
+    faster by more than the factor `CHAIN_MARGIN`.
+    """
+    est = chain_estimates(chain, batch_size, itemsize, platform)
+    flops = {m: est[m][0] for m in JACOBIAN_MODES}
+    nbytes = {m: est[m][1] for m in JACOBIAN_MODES}
+    seconds = {m: est[m][2] for m in JACOBIAN_MODES}
+    best = min(("rev", "fwd"), key=lambda m: (seconds[m], flops[m]))
+    if seconds["chain"] <= CHAIN_MARGIN * seconds[best]:
+        best = "chain"
+    order = _chain_order(chain).describe() if chain.linears else None
+    return JacobianCost(batch_size, flops, nbytes, best, order)
 
 
 # ---------------------------------------------------------------------------------------
