@@ -15,6 +15,7 @@ was split (chunks, devices, an interrupted-and-resumed run) up to float64 round-
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -424,6 +425,18 @@ class _IterableSource(_Source):
             yield index, np.concatenate([whole, pad]), held
 
 
+def _fingerprint(source: _Source) -> str:
+    """What identifies the data stream in a checkpoint (beyond its shapes)."""
+    if isinstance(source, _SamplerSource):
+        s = source.sampler
+        h = hashlib.sha256(np.asarray(jax.random.key_data(s.key)).tobytes())
+        for p in s.params:
+            h.update(np.asarray(p).tobytes())
+        return f"{s.kind}:{s.n}:{np.dtype(s.dtype).name}:{h.hexdigest()[:16]}"
+    kind = "array" if isinstance(source, _ArraySource) else "iterable"
+    return f"{kind}:{source.n}:{np.dtype(source.dtype).name}"
+
+
 def _make_source(data: Any) -> _Source:
     if isinstance(data, Sampler):
         return _SamplerSource(data)
@@ -673,6 +686,7 @@ def sensitivity(
         "n_total": source.n,
         "interactions": interactions,
         "mode": used_mode,
+        "data": _fingerprint(source),
     }
     if checkpoint is not None:
         checkpoint = os.fspath(checkpoint)
@@ -724,7 +738,7 @@ def sensitivity(
         for index, X, n_valid in source.chunks(chunk_size, chunks_done):
             if n_valid not in mask_cache:
                 m = np.arange(chunk_size) < n_valid
-                mask_cache[n_valid] = m if sharding is None else jax.device_put(m, sharding)
+                mask_cache[n_valid] = m if sharding is None else _put_sharded(m, sharding)
             mask = mask_cache[n_valid]
             if sharding is not None:
                 X = _put_sharded(X, sharding)

@@ -267,6 +267,9 @@ def test_interrupted_run_resumes_to_same_result(seed_net, getkey, tmp_path):
     np.testing.assert_array_equal(again.dgsm, ref.dgsm)
     with pytest.raises(ValueError, match="checkpoint.*chunk_size"):
         jacsens.sensitivity(seed_net, s, chunk_size=256, checkpoint=ck2)
+    other_key = jacsens.uniform(np.tile([0.0, 1.0], (52, 1)), 1000, getkey())
+    with pytest.raises(ValueError, match="checkpoint.*data"):
+        jacsens.sensitivity(seed_net, other_key, chunk_size=128, checkpoint=ck2)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
 
 
