@@ -182,28 +182,30 @@ def stats_from_batch(
     n = jnp.sum(mask, dtype=dtype)
     n_safe = jnp.maximum(n, 1)
     g = jnp.where(m, g, 0)
-
-    def centred(x):
-        mean = jnp.sum(x, axis=0) / n_safe
-        d = jnp.where(m, x - mean, 0)
-        return mean, d
-
-    mean, d = centred(g)
+    a = jnp.abs(g)
+    sq = g * g
+    # Two passes over the batch (means, then central sums), each a single variadic
+    # reduction: XLA then reads the batch once per pass instead of once per statistic.
+    z = jnp.zeros((), dtype)
+    sums = jax.lax.reduce((g, a, sq), (z,) * 3, _add_all, (0,))
+    mean, abs_mean, sq_mean = (x / n_safe for x in sums)
+    w = m.astype(dtype)  # masked rows are 0 by now, so the products below stay finite
+    d = (g - mean) * w
+    da = (a - abs_mean) * w
+    ds = (sq - sq_mean) * w
     d2 = d * d
-    abs_mean, da = centred(jnp.abs(g))
-    sq_mean, ds = centred(g * g)
-    return StreamingStats(
-        count=n,
-        mean=mean,
-        m2=jnp.sum(d2, axis=0),
-        m3=jnp.sum(d2 * d, axis=0),
-        m4=jnp.sum(d2 * d2, axis=0),
-        abs_mean=abs_mean,
-        abs_m2=jnp.sum(da * da, axis=0),
-        sq_mean=sq_mean,
-        sq_m2=jnp.sum(ds * ds, axis=0),
-        max_abs=jnp.max(jnp.abs(g), axis=0, initial=0),
+    m2, m3, m4, abs_m2, sq_m2, max_abs = jax.lax.reduce(
+        (d2, d2 * d, d2 * d2, da * da, ds * ds, a), (z,) * 6, _add_all_max_last, (0,)
     )
+    return StreamingStats(n, mean, m2, m3, m4, abs_mean, abs_m2, sq_mean, sq_m2, max_abs)
+
+
+def _add_all(x, y):
+    return tuple(u + v for u, v in zip(x, y, strict=True))
+
+
+def _add_all_max_last(x, y):
+    return (*_add_all(x[:-1], y[:-1]), jnp.maximum(x[-1], y[-1]))
 
 
 def stats_merge(a: StreamingStats, b: StreamingStats) -> StreamingStats:
