@@ -76,6 +76,7 @@ def evaluate(results: dict) -> dict:
         new = jacobian_cost(model, spec.batch).best
         predicted = {m: v[2] for m, v in chain_estimates(chain, spec.batch, 4, platform).items()}
         entry = {
+            "name": case["name"],
             "net": case["net"],
             "batch": spec.batch,
             "recorded_choice": case.get("auto_choice"),

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     results["summary"] = summarise_jacobian(results["cases"])
     print()
-    print(jacobian_table(results["cases"]))
+    print(jacobian_table(results["cases"], args.modes))
     print()
     print(summary_text(results["summary"]))
     suffix = (

@@ -359,26 +359,29 @@ class DeviceModel:
     `max(f / peak_flops, b / bandwidth) + op_overhead` seconds. Only the ratios between modes
     matter for `auto`, so typical figures of the device kind do: the machine balance
     `peak_flops / bandwidth` and the overhead decide between a FLOP-lean order with large
-    intermediates and a FLOP-heavier one with small intermediates.
+    intermediates and a FLOP-heavier one with small intermediates. `fwd_efficiency` is the
+    speed of `vmap(jacfwd)`'s tangent products relative to the same products in the other
+    modes (their layout, tangent axis inside the batch axis, is slower on XLA:CPU; measured
+    2-4x in `benchmarks/`; GPU and TPU figures await a measurement and are neutral).
     """
 
     name: str
     peak_flops: float  # float32 FLOP/s
     bandwidth: float  # bytes/s
     op_overhead: float  # seconds per kernel
+    fwd_efficiency: float = 1.0
 
 
 DEVICE_MODELS = {
-    "cpu": DeviceModel("cpu", 2.0e11, 2.0e10, 2.0e-6),
+    "cpu": DeviceModel("cpu", 2.0e11, 2.0e10, 2.0e-6, fwd_efficiency=0.5),
     "gpu": DeviceModel("gpu", 5.0e13, 2.0e12, 5.0e-6),
     "tpu": DeviceModel("tpu", 1.0e14, 1.0e12, 5.0e-6),
 }
 
-# `auto` keeps chain unless rev or fwd is estimated at least 10% faster: where chain's
-# order is the reverse (forward) sweep anyway, their estimates tie, and measured chain wins
-# such ties (activation derivatives in closed form, weights kept unbatched until they meet
-# a per-sample factor).
-CHAIN_MARGIN = 1.1
+# `auto` prefers rev, then chain, then fwd, and moves down that list only for an estimated
+# gain of more than 10%: where chain's order is the reverse sweep anyway their estimates tie,
+# and measured, jacrev's products are as fast or faster (scalar outputs especially).
+MARGIN = 1.1
 
 
 def device_model(platform: str | None = None) -> DeviceModel:
@@ -516,6 +519,7 @@ def chain_estimates(
             _sweep(t, dims[::-1], flags[::-1], B)
         elif mode == "fwd":
             _sweep(t, dims, flags, B)
+            t.seconds /= device.fwd_efficiency
         elif mode == "chain":
             _chain_tree(t, _chain_order(chain), flags, B)
         else:
@@ -533,16 +537,17 @@ def chain_cost(
 
     FLOPs and bytes moved are counted operation by operation as each mode executes
     (`chain_estimates`); `best` is the mode with the smallest roofline time on the
-    platform's `DeviceModel`; chain is kept unless the better of rev/fwd is estimated
-    faster by more than the factor `CHAIN_MARGIN`.
+    platform's `DeviceModel`, where rev is preferred to chain and chain to fwd unless the
+    latter is estimated faster by more than the factor `MARGIN`.
     """
     est = chain_estimates(chain, batch_size, itemsize, platform)
     flops = {m: est[m][0] for m in JACOBIAN_MODES}
     nbytes = {m: est[m][1] for m in JACOBIAN_MODES}
     seconds = {m: est[m][2] for m in JACOBIAN_MODES}
-    best = min(("rev", "fwd"), key=lambda m: (seconds[m], flops[m]))
-    if seconds["chain"] <= CHAIN_MARGIN * seconds[best]:
-        best = "chain"
+    best = "rev"
+    for mode in ("chain", "fwd"):
+        if MARGIN * seconds[mode] < seconds[best]:
+            best = mode
     order = _chain_order(chain).describe() if chain.linears else None
     return JacobianCost(batch_size, flops, nbytes, best, order)
 

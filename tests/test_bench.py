@@ -12,8 +12,8 @@ from helpers import random_mlp
 import jacsens
 from jacsens import _bench
 from jacsens._chain import (
-    CHAIN_MARGIN,
     DEVICE_MODELS,
+    MARGIN,
     chain_cost,
     chain_estimates,
     device_model,
@@ -201,19 +201,29 @@ def test_bottleneck_picks_chain(getkey, platform, B):
     ],
 )
 def test_auto_choice_is_near_minimal(getkey, platform, in_size, widths, out_size, B):
-    """`best` has the least estimated time of rev/fwd/chain, up to the chain margin, and
-    never the mode that is orders of magnitude off (fwd on tall nets, rev on wide ones)."""
+    """`best` has the least estimated time of rev/fwd/chain, up to the margin, and never the
+    mode that is orders of magnitude off (fwd on tall nets, rev on wide ones)."""
     m = random_mlp(getkey(), in_size, widths, out_size, "tanh", dtype=jnp.float32)
     chain = read_chain(m)
     cost = chain_cost(chain, B, 4, platform)
     seconds = {k: v[2] for k, v in chain_estimates(chain, B, 4, platform).items()}
     fastest = min(seconds[k] for k in ("rev", "fwd", "chain"))
-    assert seconds[cost.best] <= CHAIN_MARGIN * fastest
+    assert seconds[cost.best] <= MARGIN * fastest
     n_in, n_out = chain.in_width, chain.out_width
     if n_in >= 10 * n_out:
         assert cost.best != "fwd"
     if n_out >= 10 * n_in:
         assert cost.best != "rev"
+
+
+def test_preference_on_ties(getkey):
+    """Where chain's order is the reverse sweep (one output), rev is kept; where it is the
+    forward sweep (one input), chain is taken over jacfwd on CPU."""
+    tall = read_chain(random_mlp(getkey(), 100, (50, 50), 1, "tanh", dtype=jnp.float32))
+    wide = read_chain(random_mlp(getkey(), 1, (50, 50), 100, "tanh", dtype=jnp.float32))
+    assert chain_cost(tall, 256, 4, "cpu").best == "rev"
+    assert chain_cost(wide, 256, 4, "cpu").best == "chain"
+    assert chain_cost(wide, 256, 4, "gpu").best in ("chain", "fwd")
 
 
 def test_device_model_and_roofline(getkey):
