@@ -7,10 +7,10 @@ Side by side, in one run (interleaved repeats, median):
 - `jacsens.jvp` / `jacsens.vjp` vs plain `jax.vmap(jax.jvp/vjp)`, and `jacsens.input_hessian`
   vs plain `jax.vmap(jax.jacfwd(jax.jacrev))`, at small sizes.
 
-Memory per mode: the compiled program's temporary buffers (`memory_analysis()`, on every
-backend that reports it) and the device's peak bytes in use (`device.memory_stats()`, `None`
-on CPU). With `--max-batch` (GPU), the largest batch each gradient mode handles before it
-fails, found by doubling.
+Memory per mode: the compiled program's temporary and output buffers (`memory_analysis()`,
+on every backend that reports it; the MB columns are their sum) and the device's peak
+bytes in use (`device.memory_stats()`, `None` on CPU). With `--max-batch` (GPU), the
+largest batch each gradient mode handles before it fails, found by doubling.
 
     python benchmarks/per_sample_grads.py --quick
     python benchmarks/per_sample_grads.py --max-batch     # on a GPU
@@ -110,6 +110,13 @@ def max_batch(fn_of_batch, start: int, limit: int) -> dict:
     return {"largest_ok": largest, "first_failure": None if error is None else B, "error": error}
 
 
+def _mb(t) -> str | None:
+    """Temporary + output buffers of the compiled program, MB."""
+    if t.temp_bytes is None:
+        return None
+    return f"{(t.temp_bytes + (t.out_bytes or 0)) / 1e6:.1f}"
+
+
 def _rows(section: str, batch: int, timings: dict, pairs: list[tuple[str, str]]) -> list:
     rows = []
     for a, b in pairs:
@@ -124,8 +131,8 @@ def _rows(section: str, batch: int, timings: dict, pairs: list[tuple[str, str]])
                 "vs": b,
                 "vs time": format_seconds(tb.median_s) if tb.ok else "FAIL",
                 "speedup": None if ratio is None else f"{ratio:.2f}x",
-                "temp MB": None if ta.temp_bytes is None else f"{ta.temp_bytes / 1e6:.1f}",
-                "vs temp MB": None if tb.temp_bytes is None else f"{tb.temp_bytes / 1e6:.1f}",
+                "MB": _mb(ta),
+                "vs MB": _mb(tb),
             }
         )
     return rows
@@ -208,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         format_table(
             rows,
-            ["section", "B", "mode", "time", "vs", "vs time", "speedup", "temp MB", "vs temp MB"],
+            ["section", "B", "mode", "time", "vs", "vs time", "speedup", "MB", "vs MB"],
         )
     )
     path = write_json(

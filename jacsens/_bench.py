@@ -57,8 +57,8 @@ class Timing:
     - `number`: calls averaged inside each sample (more than 1 for very fast functions).
     - `peak_bytes`: the device's `peak_bytes_in_use` after the runs, where the backend
         reports memory statistics (`None` on CPU).
-    - `temp_bytes`: temporary buffer size of the compiled program
-        (`compiled.memory_analysis()`), where available.
+    - `temp_bytes`, `out_bytes`: temporary and output buffer sizes of the compiled
+        program (`compiled.memory_analysis()`), where available.
     """
 
     ok: bool = True
@@ -75,6 +75,7 @@ class Timing:
     samples: list[float] = dataclasses.field(default_factory=list)
     peak_bytes: int | None = None
     temp_bytes: int | None = None
+    out_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -137,8 +138,8 @@ def time_fns(
     - `repeats`: timed rounds, at least 1.
     - `warmup`: untimed calls after the first.
     - `min_sample_s`: shortest sample; faster functions are looped inside a sample.
-    - `memory`: also compile each function under `jax.jit` once more to read the size of
-        its temporary buffers (`temp_bytes`).
+    - `memory`: also compile each function under `jax.jit` once more to read the sizes of
+        its temporary and output buffers (`temp_bytes`, `out_bytes`).
 
     **Returns:**
 
@@ -162,7 +163,8 @@ def time_fns(
         except Exception as exc:
             results[name] = _failure(exc)
             continue
-        results[name] = Timing(first_s=first, temp_bytes=_temp_bytes(fn, args) if memory else None)
+        temp, out = _compiled_bytes(fn, args) if memory else (None, None)
+        results[name] = Timing(first_s=first, temp_bytes=temp, out_bytes=out)
         numbers[name] = max(1, min(1000, math.ceil(min_sample_s / max(once, 1e-7))))
         live.append(name)
     samples: dict[str, list[float]] = {name: [] for name in live}
@@ -189,13 +191,15 @@ def time_fn(fn: Callable, *args: Any, repeats: int = 5, warmup: int = 1) -> Timi
     return time_fns({"fn": (fn, args)}, repeats=repeats, warmup=warmup)["fn"]
 
 
-def _temp_bytes(fn: Callable, args: tuple) -> int | None:
+def _compiled_bytes(fn: Callable, args: tuple) -> tuple[int | None, int | None]:
     lower = getattr(fn, "lower", None) or jax.jit(fn).lower
     try:
         analysis = lower(*args).compile().memory_analysis()
-        return int(analysis.temp_size_in_bytes) if analysis is not None else None
     except Exception:  # not every backend or wrapper supports the analysis
-        return None
+        return None, None
+    if analysis is None:
+        return None, None
+    return int(analysis.temp_size_in_bytes), int(analysis.output_size_in_bytes)
 
 
 # ---------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ def test_time_fn_memory_analysis():
     assert t.ok and t.repeats == 2
     t = _bench.time_fns({"f": (lambda x: x @ x @ x, (x,))}, repeats=1, memory=True)["f"]
     assert t.temp_bytes is None or t.temp_bytes >= 0
+    assert t.out_bytes is None or t.out_bytes == x.size * x.dtype.itemsize
     assert t.peak_bytes is None or t.peak_bytes > 0  # None on CPU
 
 
