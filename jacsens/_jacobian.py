@@ -114,10 +114,14 @@ def jacobian_cost(
 ) -> JacobianCost:
     """The cost model's FLOPs and bytes of each input-Jacobian mode (shapes only).
 
-    Per sample, with `matvec = Σ_l p_l p_{l-1}` multiply-adds for one pass through the
-    dense layers: rev costs `(1 + out) · matvec`, fwd `(1 + in) · matvec`, chain the
-    forward pass plus the optimal matrix-chain product, backprop the output-side
-    recursion. `best` is what `input_jacobian(mode="auto")` picks.
+    Operations are counted as each mode executes them: the forward pass, then rev pushes
+    an identity seed of `out` rows back through the layers (`≈ out` reverse passes; the
+    products before the first per-sample diagonal are shared by the batch and done once),
+    fwd pushes `in` rows forward, chain multiplies the layer Jacobians in the FLOP-optimal
+    order. `best`, what `input_jacobian(mode="auto")` picks, has the least roofline time
+    `Σ max(FLOPs / peak, bytes / bandwidth) + overhead` with typical constants of the
+    default backend's device kind (`jacsens._chain.DEVICE_MODELS`), preferring rev, then
+    chain, then fwd within 10%.
 
     **Arguments:**
 
