@@ -38,6 +38,48 @@ def tree_allclose(a, b, rtol: float) -> bool:
     )
 
 
+def _rng(key) -> np.random.Generator:
+    """A numpy generator seeded by a JAX key (typed or raw uint32)."""
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.random.default_rng(np.asarray(key, dtype=np.uint32).ravel().tolist())
+
+
+def init_model(build, key):
+    """`build(key)` (a function returning an Equinox model), with the parameters drawn by
+    numpy instead of the model's own initialiser.
+
+    The structure comes from `eqx.filter_eval_shape`, so no JAX random op runs: building
+    a model of a new shape costs no compilation. Each `eqx.nn.Linear` gets the default
+    Equinox distribution, weight and bias `U(−1/√fan_in, 1/√fan_in)`; any other floating
+    leaf gets `N(0, 1)`.
+    """
+    if isinstance(key, jax.core.Tracer):  # nested inside another init_model's eval_shape
+        return build(key)
+    rng = _rng(key)
+    skeleton = eqx.filter_eval_shape(build, key)
+
+    def fill_linear(x):
+        if not _is_linear(x):
+            return x
+        lim = 1.0 / np.sqrt(x.weight.shape[1])
+        new = [x.weight] + ([] if x.bias is None else [x.bias])
+        values = [jnp.asarray(rng.uniform(-lim, lim, a.shape).astype(a.dtype)) for a in new]
+        return eqx.tree_at(
+            lambda lin: [lin.weight] + ([] if lin.bias is None else [lin.bias]), x, values
+        )
+
+    model = jax.tree.map(fill_linear, skeleton, is_leaf=_is_linear)
+    return jax.tree.map(
+        lambda a: (
+            jnp.asarray(rng.standard_normal(a.shape).astype(a.dtype))
+            if isinstance(a, jax.ShapeDtypeStruct)
+            else a
+        ),
+        model,
+    )
+
+
 def random_mlp(
     key,
     in_size,
@@ -47,19 +89,40 @@ def random_mlp(
     dtype=jnp.float64,
     final_activation=None,
 ) -> jacsens.MLP:
-    return jacsens.MLP(
-        in_size,
-        widths,
-        out_size,
-        activation,
-        key=key,
-        dtype=dtype,
-        final_activation=final_activation,
+    """A `jacsens.MLP` with Equinox's default weight distribution (see `init_model`)."""
+    return init_model(
+        lambda k: jacsens.MLP(
+            in_size,
+            widths,
+            out_size,
+            activation,
+            key=k,
+            dtype=dtype,
+            final_activation=final_activation,
+        ),
+        key,
     )
 
 
 def random_inputs(key, batch: int, in_shape, dtype=jnp.float64) -> jax.Array:
-    return jax.random.normal(key, (batch, *in_shape), dtype=dtype)
+    """Standard normal inputs `(batch, *in_shape)`, drawn by numpy (no compilation)."""
+    x = _rng(key).standard_normal((batch, *in_shape))
+    return jnp.asarray(x.astype(jnp.dtype(dtype)))
+
+
+def random_uniform(key, shape, dtype=jnp.float64) -> jax.Array:
+    """`U(0, 1)` samples of `shape`, drawn by numpy."""
+    return jnp.asarray(_rng(key).uniform(size=shape).astype(jnp.dtype(dtype)))
+
+
+def random_probabilities(key, shape, n: int, dtype=jnp.float64) -> jax.Array:
+    """Probability vectors `(*shape, n)` (flat Dirichlet), drawn by numpy."""
+    return jnp.asarray(_rng(key).dirichlet(np.ones(n), size=shape).astype(jnp.dtype(dtype)))
+
+
+def random_labels(key, shape, n: int) -> jax.Array:
+    """Integer class labels in `[0, n)` of `shape`, drawn by numpy."""
+    return jnp.asarray(_rng(key).integers(0, n, size=shape).astype(np.int32))
 
 
 def _is_linear(x) -> bool:
@@ -75,12 +138,12 @@ def _biases(model) -> list:
 
 
 def perturb_biases(model, key, scale: float = 0.5):
-    """Give every `eqx.nn.Linear` bias a random value (equinox initialises them small)."""
-    biases = _biases(model)
-    keys = jax.random.split(key, max(len(biases), 1))
+    """Add `N(0, scale²)` noise to every `eqx.nn.Linear` bias (Equinox initialises them
+    small), drawn by numpy."""
+    rng = _rng(key)
     new = [
-        b + scale * jax.random.normal(k, b.shape, b.dtype)
-        for b, k in zip(biases, keys, strict=False)
+        b + jnp.asarray(scale * rng.standard_normal(b.shape).astype(b.dtype))
+        for b in _biases(model)
     ]
     return eqx.tree_at(_biases, model, new)
 

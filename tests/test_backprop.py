@@ -6,7 +6,14 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import assert_close, perturb_biases, random_inputs, random_mlp
+from helpers import (
+    assert_close,
+    init_model,
+    perturb_biases,
+    random_inputs,
+    random_mlp,
+    random_probabilities,
+)
 
 import jacsens
 from jacsens import backprop
@@ -46,7 +53,7 @@ def _params(tree):
 @pytest.mark.parametrize("name", list(MODELS), ids=list(MODELS))
 def test_kernel_matches_autodiff(getkey, name):
     build, in_shape, out_shape = MODELS[name]
-    model = perturb_biases(build(getkey()), getkey())
+    model = perturb_biases(init_model(build, getkey()), getkey())
     B = 4
     X = random_inputs(getkey(), B, in_shape)
     J = backprop.input_jacobian(model, X)
@@ -72,7 +79,7 @@ def test_kernel_matches_autodiff(getkey, name):
 def test_forward_cache(getkey):
     m = random_mlp(getkey(), 3, (4,), 2, "tanh", final_activation="sigmoid")
     m = perturb_biases(m, getkey())
-    x = jax.random.normal(getkey(), (3,))
+    x = random_inputs(getkey(), 1, (3,))[0]
     y, cache = backprop.forward(m, x)
     assert_close(y, m(x), 1e-15)
     (W1, b1), (W2, b2) = ((layer.weight, layer.bias) for layer in m.layers)
@@ -97,7 +104,7 @@ def test_cross_entropy_kernel(getkey, label):
     ints = jnp.array([0, 2, 1, 1, 0])
     Y = {
         "one-hot": jax.nn.one_hot(ints, 3, dtype=jnp.float64),
-        "soft": jax.random.dirichlet(getkey(), jnp.ones(3), (5,), dtype=jnp.float64),
+        "soft": random_probabilities(getkey(), (5,), 3),
         "integer": ints,
     }[label]
     auto = jacsens.per_sample_grads(m, "cross_entropy", X, Y)
@@ -107,8 +114,8 @@ def test_cross_entropy_kernel(getkey, label):
 
 
 def test_loss_grads_match_autodiff(getkey):
-    logits = jax.random.normal(getkey(), (6,))
-    y = jax.random.dirichlet(getkey(), jnp.ones(6), dtype=jnp.float64)
+    logits = random_inputs(getkey(), 1, (6,))[0]
+    y = random_probabilities(getkey(), (), 6)
     assert_close(
         backprop.softmax_cross_entropy_grad(logits, y), jax.grad(cross_entropy)(logits, y), 1e-14
     )
@@ -117,7 +124,7 @@ def test_loss_grads_match_autodiff(getkey):
         jax.grad(cross_entropy)(logits, jax.nn.one_hot(4, 6, dtype=jnp.float64)),
         1e-14,
     )
-    t = jax.random.normal(getkey(), (6,))
+    t = random_inputs(getkey(), 1, (6,))[0]
     assert_close(
         backprop.squared_error_grad(logits, t), jax.grad(half_squared_error)(logits, t), 1e-15
     )

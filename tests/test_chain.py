@@ -9,6 +9,7 @@ import pytest
 from helpers import (
     assert_close,
     describe_tree,
+    init_model,
     parenthesisations,
     random_inputs,
     random_mlp,
@@ -61,14 +62,17 @@ def test_read_jacsens_mlp(getkey):
     ],
 )
 def test_read_eqx_mlp(getkey, act, name):
-    m = eqx.nn.MLP(4, 3, 6, 2, activation=act, key=getkey())
+    m = init_model(lambda k: eqx.nn.MLP(4, 3, 6, 2, activation=act, key=k), getkey())
     assert _kinds(read_chain(m)) == ["W6x4", name, "W6x6", name, "W3x6"]
-    m = eqx.nn.MLP(4, 3, 6, 1, activation=act, final_activation=jax.nn.sigmoid, key=getkey())
+    m = init_model(
+        lambda k: eqx.nn.MLP(4, 3, 6, 1, activation=act, final_activation=jax.nn.sigmoid, key=k),
+        getkey(),
+    )
     assert _kinds(read_chain(m)) == ["W6x4", name, "W3x6", "sigmoid"]
 
 
 def test_read_scalar_sizes(getkey):
-    m = eqx.nn.MLP("scalar", "scalar", 5, 1, key=getkey())
+    m = init_model(lambda k: eqx.nn.MLP("scalar", "scalar", 5, 1, key=k), getkey())
     chain = read_chain(m)
     assert chain.in_shape == () and chain.out_shape == ()
     assert chain.dims == [1, 5, 1]
@@ -126,7 +130,7 @@ def test_custom_activation_is_read(getkey):
     ids=["callable", "scan", "unknown-act", "softmax", "width-mismatch", "no-linear", "conv"],
 )
 def test_unreadable_chain(getkey, build):
-    model = build(getkey())
+    model = init_model(build, getkey())
     with pytest.raises(jacsens.ChainError, match="model"):
         read_chain(model)
     assert try_read_chain(model) is None
@@ -159,14 +163,16 @@ def test_chain_forward(getkey):
 
 def test_chain_jacobian_affine_is_weight_product(getkey):
     """Without activations the Jacobian is the (unbatched) product of the weights."""
-    seq = eqx.nn.Sequential(
-        [
-            eqx.nn.Linear(5, 9, key=getkey()),
-            eqx.nn.Linear(9, 2, key=getkey()),
-            eqx.nn.Linear(2, 7, key=getkey()),
-        ]
+    seq = init_model(
+        lambda k: eqx.nn.Sequential(
+            [
+                eqx.nn.Linear(5, 9, key=jax.random.fold_in(k, 0)),
+                eqx.nn.Linear(9, 2, key=jax.random.fold_in(k, 1)),
+                eqx.nn.Linear(2, 7, key=jax.random.fold_in(k, 2)),
+            ]
+        ),
+        getkey(),
     )
-    seq = jax.tree.map(lambda x: x.astype(jnp.float64) if eqx.is_inexact_array(x) else x, seq)
     X = random_inputs(getkey(), 3, (5,))
     J = chain_jacobian(read_chain(seq), X)
     W = seq.layers[2].weight @ seq.layers[1].weight @ seq.layers[0].weight

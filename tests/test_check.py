@@ -6,7 +6,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import assert_close, perturb_biases, random_inputs, random_mlp
+from helpers import assert_close, init_model, perturb_biases, random_inputs, random_mlp
 
 import jacsens
 
@@ -32,7 +32,7 @@ GOOD = {
 @pytest.mark.parametrize("name", list(GOOD), ids=list(GOOD))
 def test_passes_on_good_models(getkey, name):
     build, in_shape, B = GOOD[name]
-    model = build(getkey())
+    model = init_model(build, getkey())
     dtype = jnp.float32 if name.endswith("f32") else jnp.float64
     X = random_inputs(getkey(), B, in_shape, dtype=dtype)
     report = jacsens.crosscheck(model, X, strict=True)
@@ -69,7 +69,7 @@ def test_weight_grad_check(getkey, loss):
 
 
 def test_detects_wrong_activation_derivative(getkey):
-    model = _sequential(getkey(), TANH_WRONG)
+    model = init_model(lambda k: _sequential(k, TANH_WRONG), getkey())
     X = random_inputs(getkey(), 3, (4,))
     report = jacsens.crosscheck(model, X)
     assert not report.passed
@@ -97,7 +97,7 @@ def test_detects_wrong_activation_derivative(getkey):
 
 
 def test_detects_wrong_derivative_in_weight_grads(getkey):
-    model = _sequential(getkey(), TANH_WRONG)
+    model = init_model(lambda k: _sequential(k, TANH_WRONG), getkey())
     X = random_inputs(getkey(), 3, (4,))
     Y = random_inputs(getkey(), 3, (3,))
     report = jacsens.crosscheck(model, X, Y, modes=("rev",), finite_differences=False)

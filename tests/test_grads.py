@@ -6,7 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import assert_close, perturb_biases, random_inputs, random_mlp
+from helpers import (
+    assert_close,
+    init_model,
+    perturb_biases,
+    random_inputs,
+    random_labels,
+    random_mlp,
+)
 
 import jacsens
 import jacsens._grads as grads_module
@@ -42,10 +49,10 @@ def _softmax_model(key):
 
 def _targets(key, loss, B, out_shape):
     if loss == "cross_entropy":
-        return jax.random.randint(key, (B,), 0, out_shape[0])
+        return random_labels(key, (B,), out_shape[0])
     if loss == "binary_cross_entropy":
-        return jax.random.bernoulli(key, 0.5, (B, *out_shape)).astype(jnp.float64)
-    return jax.random.normal(key, (B, *out_shape))
+        return random_labels(key, (B, *out_shape), 2).astype(jnp.float64)
+    return random_inputs(key, B, out_shape)
 
 
 # (model factory, in_shape, out_shape, loss, has chain)
@@ -79,7 +86,7 @@ CASES = {
 
 def _case(getkey, name, B=6):
     build, in_shape, out_shape, loss, has_chain = CASES[name]
-    model = perturb_biases(build(getkey()), getkey())
+    model = perturb_biases(init_model(build, getkey()), getkey())
     X = random_inputs(getkey(), B, in_shape)
     Y = _targets(getkey(), loss, B, out_shape)
     return model, loss, X, Y, has_chain
@@ -144,7 +151,7 @@ def test_weight_grad_directional_finite_difference(getkey):
 
     g_norm = jnp.sqrt(sum(jnp.sum(a**2) for a in _params(g)))
     along = jax.tree.map(lambda a: a / g_norm, eqx.filter(g, eqx.is_inexact_array))
-    rand = jax.tree.map(lambda p: jax.random.normal(getkey(), p.shape, p.dtype), params)
+    rand = jax.tree.map(lambda p: random_inputs(getkey(), 1, p.shape)[0], params)
     h = 1e-5
     for v, rtol in ((along, 1e-8), (rand, 1e-6)):
         plus = jax.tree.map(lambda p, d: p + h * d, params, v)
@@ -157,8 +164,8 @@ def test_weight_grad_directional_finite_difference(getkey):
 def test_optax_losses(getkey):
     model = perturb_biases(random_mlp(getkey(), 4, (5,), 3, "tanh"), getkey())
     X = random_inputs(getkey(), 5, (4,))
-    Yr = jax.random.normal(getkey(), (5, 3))
-    Yc = jax.random.randint(getkey(), (5,), 0, 3)
+    Yr = random_inputs(getkey(), 5, (3,))
+    Yc = random_labels(getkey(), (5,), 3)
     pairs = [
         # optax.l2_loss is elementwise ½(y − t)²: summed per sample it is ½‖y − t‖²
         (optax.l2_loss, "half_squared_error", Yr),

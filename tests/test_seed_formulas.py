@@ -8,7 +8,16 @@ kernel, in float64, on random weights and inputs, to 1e-12 relative.
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import ALL_MODES, assert_close, perturb_biases, random_inputs, rel_err
+from helpers import (
+    ALL_MODES,
+    assert_close,
+    init_model,
+    perturb_biases,
+    random_inputs,
+    random_probabilities,
+    random_uniform,
+    rel_err,
+)
 
 import jacsens
 from jacsens import backprop
@@ -36,7 +45,8 @@ SMOOTH = {
 @pytest.mark.parametrize("act", ["tanh", "sigmoid"])
 def test_s1_input_gradient(getkey, act):
     f, df = SMOOTH[act]
-    model = perturb_biases(jacsens.MLP(52, (20, 10), "scalar", act, key=getkey()), getkey())
+    model = init_model(lambda k: jacsens.MLP(52, (20, 10), "scalar", act, key=k), getkey())
+    model = perturb_biases(model, getkey())
     (W1, b1), (W2, b2) = ((layer.weight, layer.bias) for layer in model.layers[:2])
     w_out, b_out = model.layers[2].weight[0], model.layers[2].bias[0]
     assert W1.shape == (20, 52) and W2.shape == (10, 20) and w_out.shape == (10,)
@@ -73,12 +83,15 @@ def test_s1_input_gradient(getkey, act):
 
 
 def test_s2_logistic_layer(getkey):
-    model = jacsens.MLP(4, (), 5, "tanh", key=getkey(), final_activation="sigmoid", use_bias=False)
+    model = init_model(
+        lambda k: jacsens.MLP(4, (), 5, "tanh", key=k, final_activation="sigmoid", use_bias=False),
+        getkey(),
+    )
     W = model.layers[0].weight
     assert W.shape == (5, 4) and model.layers[0].bias is None
     B = 3
     X = random_inputs(getkey(), B, (4,))
-    Y = jax.random.uniform(getkey(), (B, 5))
+    Y = random_uniform(getkey(), (B, 5))
 
     per_sample = []
     for x, y in zip(X, Y, strict=True):
@@ -136,11 +149,13 @@ def _layer_grads(tree):
 
 @pytest.mark.parametrize("widths", [(6,), (7, 5, 4)], ids=["one-hidden", "L=4"])
 def test_s3_parameter_gradients(getkey, widths):
-    model = jacsens.MLP(3, widths, 2, "sigmoid", key=getkey(), final_activation="sigmoid")
+    model = init_model(
+        lambda k: jacsens.MLP(3, widths, 2, "sigmoid", key=k, final_activation="sigmoid"), getkey()
+    )
     model = perturb_biases(model, getkey())
     B = 4
     X = random_inputs(getkey(), B, (3,))
-    Y = jax.random.uniform(getkey(), (B, 2))
+    Y = random_uniform(getkey(), (B, 2))
     by_hand = [_s3_by_hand(model, x, y) for x, y in zip(X, Y, strict=True)]
 
     if len(widths) == 1:  # the one-hidden-layer formulas, literally
@@ -182,8 +197,9 @@ def test_s3_parameter_gradients(getkey, widths):
 
 
 def _s4_setup(getkey):
-    model = perturb_biases(jacsens.MLP(7, (9,), 4, "sigmoid", key=getkey()), getkey())
-    x = jax.random.normal(getkey(), (7,))
+    model = init_model(lambda k: jacsens.MLP(7, (9,), 4, "sigmoid", key=k), getkey())
+    model = perturb_biases(model, getkey())
+    x = random_inputs(getkey(), 1, (7,))[0]
     return model, x
 
 
@@ -205,7 +221,7 @@ def test_s4_input_gradient(getkey, label):
     if label == "one-hot":
         y = jax.nn.one_hot(2, 4, dtype=jnp.float64)
     else:
-        y = jax.random.dirichlet(getkey(), jnp.ones(4), dtype=jnp.float64)
+        y = random_probabilities(getkey(), (), 4)
     assert_close(jnp.sum(y), jnp.ones(()), 1e-15)
     expected, yhat = _s4_closed_form(model, x, y)
 
@@ -246,11 +262,12 @@ def test_s4_needs_probability_vector(getkey):
 
 def test_s4_weight_gradients(getkey):
     """Cross-entropy parameter gradients: autodiff vs the kernel, one-hot and soft labels."""
-    model = perturb_biases(jacsens.MLP(7, (9,), 4, "sigmoid", key=getkey()), getkey())
+    model = init_model(lambda k: jacsens.MLP(7, (9,), 4, "sigmoid", key=k), getkey())
+    model = perturb_biases(model, getkey())
     X = random_inputs(getkey(), 5, (7,))
     for Y in (
         jax.nn.one_hot(jnp.array([0, 3, 1, 1, 2]), 4, dtype=jnp.float64),
-        jax.random.dirichlet(getkey(), jnp.ones(4), (5,), dtype=jnp.float64),
+        random_probabilities(getkey(), (5,), 4),
     ):
         auto = _layer_grads(jacsens.per_sample_grads(model, "cross_entropy", X, Y))
         kern = _layer_grads(
