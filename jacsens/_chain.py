@@ -245,7 +245,7 @@ def chain_forward(chain: Chain, X: Array) -> tuple[Array, list[Array | None]]:
     """Batched forward pass. Returns the output `(B, out_width)` and, for each dense factor
     boundary `k = 0..n`, the product of the activation derivatives there, `(B, p_k)`, or
     `None` where no activation sits between the factors."""
-    h = X.reshape(X.shape[0], -1)
+    h = X.reshape(X.shape[0], chain.in_width)  # not -1: B may be 0
     diags: list[Array | None] = [None]
     for step in chain.steps:
         if isinstance(step, LinearStep):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import equinox as eqx
@@ -107,7 +108,7 @@ def _ghost_sq_norms(model, chain, loss, X, Y):
     linears = [s for s in chain.steps if isinstance(s, LinearStep)]
 
     def run(eps):
-        h = X.reshape(B, -1)
+        h = X.reshape(B, chain.in_width)  # not -1: B may be 0
         inputs = []
         k = 0
         for step in chain.steps:
@@ -146,7 +147,10 @@ def _norms_impl(model, loss, X, Y, chunk_size, method):
     def norms(x, y):
         g = _per_sample_impl(model, loss, x, y, None)
         return jnp.sqrt(
-            sum(jnp.sum(leaf.reshape(x.shape[0], -1) ** 2, 1) for leaf in jax.tree.leaves(g))
+            sum(
+                jnp.sum(leaf.reshape(x.shape[0], math.prod(leaf.shape[1:])) ** 2, 1)
+                for leaf in jax.tree.leaves(g)
+            )
         )
 
     return map_chunks(norms, X, Y, chunk_size=chunk_size)

@@ -81,7 +81,7 @@ def _apply_acts(acts: list[Any], z: Array) -> tuple[Array, Array]:
 
 def _forward_batch(model: Any, X: Array) -> tuple[Array, Cache, Chain]:
     chain, linears, acts_after, leading = _layers(model)
-    a = X.reshape(X.shape[0], -1)
+    a = X.reshape(X.shape[0], chain.in_width)  # not -1: B may be 0
     a, g0 = _apply_acts(leading, a)
     inputs, pre, derivs = [], [], []
     for lin, acts in zip(linears, acts_after, strict=True):
@@ -180,7 +180,7 @@ def _weight_grads_impl(model, loss_grad, X, Y, reduction):
     y, cache, chain = _forward_batch(model, X)
     _, linears, _, _ = _layers(model)
     B = X.shape[0]
-    dE_dy = jax.vmap(loss_grad)(y, Y).reshape(B, -1)
+    dE_dy = jax.vmap(loss_grad)(y, Y).reshape(B, chain.out_width)
     delta = dE_dy * cache.derivs[-1]
     grads_w, grads_b = [], []
     for idx in reversed(range(len(linears))):

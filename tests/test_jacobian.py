@@ -382,3 +382,25 @@ def test_modes_agree_random_shapes(in_size, widths, out_size, batch, act, seed):
     m = random_mlp(key, in_size, widths, out_size, act)
     X = random_inputs(jax.random.fold_in(key, 1), batch, (in_size,))
     check_all_modes(m, X, fd=False)
+
+
+def test_empty_batch(getkey):
+    """A batch of zero samples gives empty results in every mode (no reshape(0, -1))."""
+    m = random_mlp(getkey(), 4, (5,), 3, "tanh")
+    X = jnp.zeros((0, 4))
+    for mode in ALL_MODES:
+        assert jacsens.input_jacobian(m, X, mode=mode).shape == (0, 3, 4)
+        assert jacsens.input_jacobian(m, X, mode=mode, chunk_size=2).shape == (0, 3, 4)
+    assert jacsens.backprop.input_jacobian(m, X).shape == (0, 3, 4)
+    assert jacsens.jvp(m, X, X).shape == (0, 3)
+    assert jacsens.vjp(m, X, jnp.zeros((0, 3))).shape == (0, 4)
+    assert jacsens.input_hessian(m, X).shape == (0, 3, 4, 4)
+    Y = jnp.zeros((0, 3))
+    ps = jacsens.per_sample_grads(m, "mse", X, Y)
+    assert ps.layers[0].weight.shape == (0, 5, 4)
+    kern = jacsens.backprop.weight_grads(
+        m, jacsens.backprop.squared_error_grad, X, Y, reduction="none"
+    )
+    assert kern.layers[1].weight.shape == (0, 3, 5)
+    for method in ("ghost", "materialise"):
+        assert jacsens.per_sample_grad_norms(m, "mse", X, Y, method=method).shape == (0,)
