@@ -42,6 +42,11 @@ def _resolve_mode(model, mode: str, chain, in_shape, out_shape, batch: int, item
 @eqx.filter_jit
 def _jacobian_impl(model, X, mode, chunk_size, out_shape):
     in_shape = X.shape[1:]
+    # Every mode returns the dtype of the model's output, computed at least in that
+    # precision: float32 inputs to a float64 model are promoted first (jacrev alone would
+    # round the Jacobian to X's dtype).
+    out_dtype = jax.eval_shape(model, jax.ShapeDtypeStruct(in_shape, X.dtype)).dtype
+    X = X.astype(jnp.promote_types(X.dtype, out_dtype))
     if mode == "rev":
         batched = jax.vmap(jax.jacrev(model))
     elif mode == "fwd":
@@ -57,7 +62,7 @@ def _jacobian_impl(model, X, mode, chunk_size, out_shape):
         def batched(Xc):
             return backprop._jacobian_impl(model, Xc)
 
-    return map_chunks(batched, X, chunk_size=chunk_size)
+    return map_chunks(batched, X, chunk_size=chunk_size).astype(out_dtype)
 
 
 def input_jacobian(

@@ -404,3 +404,16 @@ def test_empty_batch(getkey):
     assert kern.layers[1].weight.shape == (0, 3, 5)
     for method in ("ghost", "materialise"):
         assert jacsens.per_sample_grad_norms(m, "mse", X, Y, method=method).shape == (0,)
+
+
+def test_mixed_dtypes_follow_model_output(getkey):
+    """float32 inputs to a float64 model: every mode returns the output's dtype (float64),
+    with the same numbers as float64 inputs holding the same values."""
+    m = random_mlp(getkey(), 4, (5,), 3, "tanh")
+    X32 = random_inputs(getkey(), 2, (4,), dtype=jnp.float32)
+    assert m(X32[0]).dtype == jnp.float64
+    ref = jacsens.input_jacobian(m, X32.astype(jnp.float64), mode="rev")
+    for mode in ALL_MODES:
+        J = jacsens.input_jacobian(m, X32, mode=mode)
+        assert J.dtype == jnp.float64, mode
+        assert_close(J, ref, 1e-12)
