@@ -89,7 +89,7 @@ def test_read_sequential(getkey):
             eqx.nn.Lambda(jnp.tanh),
             eqx.nn.Identity(),
             eqx.nn.Linear(6, 2, use_bias=False, key=getkey()),
-            jax.nn.softplus,
+            eqx.nn.Lambda(jax.nn.softplus),
         ]
     )
     chain = read_chain(seq)
@@ -97,6 +97,9 @@ def test_read_sequential(getkey):
     assert chain.in_shape == (4,) and chain.out_shape == (2,)
     assert chain.linears[1].bias is None
     assert chain.linears[1].getter(seq) is seq.layers[4]
+    X = random_inputs(getkey(), 3, (4,)).astype(jnp.float32)
+    y, _ = chain_forward(chain, X)
+    assert_close(y, jax.vmap(seq)(X), 1e-6)
 
 
 def test_read_nested(getkey):
