@@ -204,6 +204,14 @@ def _check_products(model, X, V, vname: str, want: str):
         raise ValueError(
             f"`{vname}` must have shape {shape} (batch, *{want}_shape), got {V.shape}."
         )
+    # Tangents match X's dtype, cotangents the output's (JAX's own error names neither).
+    if want == "in":
+        dtype, what = X.dtype, "of `X`"
+    else:
+        dtype = jax.eval_shape(model, jax.ShapeDtypeStruct(in_shape, X.dtype)).dtype
+        dtype, what = jnp.dtype(dtype), "of the model's output"
+    if V.dtype != dtype:
+        raise TypeError(f"`{vname}` must have the dtype {what}, {dtype}; got {V.dtype}.")
     return X, V
 
 

@@ -186,6 +186,22 @@ def test_jvp_vjp_shapes(model, X):
         jacsens.vjp(model, X, [[0, 1]] * 3)
 
 
+def test_jvp_vjp_dtypes(model, X):
+    """Tangents must have X's dtype and cotangents the output's: a TypeError naming the
+    argument, not JAX's internal one."""
+    with pytest.raises(TypeError, match=r"`V` must have the dtype of `X`, float64; got float32"):
+        jacsens.jvp(model, X, X.astype(jnp.float32))
+    with pytest.raises(
+        TypeError, match=r"`U` must have the dtype of the model's output, float64; got float32"
+    ):
+        jacsens.vjp(model, X, jnp.zeros((3, 2), jnp.float32))
+    # float32 inputs to a float64 model: the output (and so the cotangent) is float64
+    X32 = X.astype(jnp.float32)
+    assert jacsens.vjp(model, X32, jnp.ones((3, 2))).shape == (3, 4)
+    with pytest.raises(TypeError, match="`U` must have the dtype of the model's output, float64"):
+        jacsens.vjp(model, X32, jnp.ones((3, 2), jnp.float32))
+
+
 def test_targets(model, X):
     Y = jnp.zeros((3, 2))
     for fn in (jacsens.weight_grad, jacsens.per_sample_grads, jacsens.per_sample_grad_norms):
