@@ -187,9 +187,16 @@ class MLP(eqx.Module):
         if isinstance(widths, int | str) or not isinstance(widths, Sequence):
             raise TypeError(f"`widths` must be a sequence of ints, got {widths!r}.")
         widths = tuple(_check_size(w, "widths[i]", allow_scalar=False) for w in widths)
-        get_activation(activation, "activation")
-        if final_activation is not None:
-            get_activation(final_activation, "final_activation")
+        for argname, value in (("activation", activation), ("final_activation", final_activation)):
+            if value is None and argname == "final_activation":
+                continue
+            if isinstance(value, Activation):  # stored by name: only the table's entries
+                raise TypeError(
+                    f"`{argname}` of jacsens.MLP must be an activation name (one of "
+                    f"{sorted(ACTIVATIONS)}), got the jacsens.Activation {value.name!r}; use "
+                    "it in an eqx.nn.Sequential (wrapped in eqx.nn.Lambda) instead."
+                )
+            get_activation(value, argname)
         sizes = [in_size, *widths, out_size]
         keys = jax.random.split(key, len(sizes) - 1)
         self.layers = tuple(

@@ -137,6 +137,18 @@ def test_mlp_options(getkey):
         (dict(activation="tanhh"), ValueError, "Unknown `activation` 'tanhh'"),
         (dict(final_activation="soft"), ValueError, "Unknown `final_activation` 'soft'"),
         (dict(activation=None), TypeError, "`activation` must be an activation name"),
+        # a custom Activation cannot be stored by name: refused, not a KeyError on call
+        (
+            dict(activation=jacsens.Activation("cube", lambda z: z**3, lambda z: 3 * z**2)),
+            TypeError,
+            r"`activation` of jacsens.MLP must be an activation name .*got the "
+            r"jacsens.Activation 'cube'",
+        ),
+        (
+            dict(final_activation=jacsens.ACTIVATIONS["tanh"]),
+            TypeError,
+            "`final_activation` of jacsens.MLP must be an activation name",
+        ),
     ],
 )
 def test_mlp_bad_arguments(getkey, kwargs, exc, match):
