@@ -108,6 +108,8 @@ def finite_difference_jacobian(
     in_shape, out_shape, _ = sample_shapes(model, X)
     if step is None:
         step = float(jnp.finfo(X.dtype).eps) ** (1.0 / 3.0)
+    elif isinstance(step, bool) or not isinstance(step, int | float) or not step > 0:
+        raise ValueError(f"`step` must be a positive number or None, got {step!r}.")
     n = int(np.prod(in_shape))
     B = X.shape[0]
     flat = X.reshape(B, n)

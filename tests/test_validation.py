@@ -233,6 +233,12 @@ def test_targets(model, X):
     jacsens.weight_grad(model, lambda y, t: jnp.sum((y - t) ** 2), X, jnp.zeros(3))
 
 
+@pytest.mark.parametrize("step", [0.0, -1e-3, float("nan"), "1e-3", True])
+def test_bad_finite_difference_step(model, X, step):
+    with pytest.raises(ValueError, match=r"`step` must be a positive number or None, got"):
+        jacsens.finite_difference_jacobian(model, X, step=step)
+
+
 def test_cost_and_explain_arguments(model):
     for bad in (0, -1, 1.5, None):
         with pytest.raises(ValueError, match=rf"`batch_size` must be a positive int, got {bad!r}"):
