@@ -26,6 +26,7 @@ import jax
 
 from jacsens._bench import (
     ALL_MODES,
+    KNOWN_MODES,
     NetSpec,
     default_path,
     jacobian_table,
@@ -97,8 +98,9 @@ def main(argv: list[str] | None = None) -> dict:
         help="skip a mode whose cost-model GFLOPs exceed this (default 100 on CPU, 20000 on GPU)",
     )
     parser.add_argument(
-        "--modes", nargs="+", default=list(ALL_MODES), choices=ALL_MODES, help="modes to time"
+        "--modes", nargs="+", default=list(ALL_MODES), choices=KNOWN_MODES, help="modes to time"
     )
+    parser.add_argument("--only", nargs="+", default=None, help="network names (seed, mnist, ...)")
     parser.add_argument("--no-fixed", action="store_true", help="only the width grid")
     args = parser.parse_args(argv)
     meta = metadata()
@@ -106,8 +108,11 @@ def main(argv: list[str] | None = None) -> dict:
     repeats = args.repeats or (3 if args.quick else 7)
     max_flops = 1e9 * (args.max_gflop or (2e4 if gpu else 100.0))
     print(f"device: {meta['backend']} / {meta['device_kind']}, jax {meta['jax']}", flush=True)
+    nets = specs(args.quick, gpu, grid_only=args.no_fixed)
+    if args.only:
+        nets = [n for n in nets if n.name in args.only]
     suite = run_jacobian_suite(
-        specs(args.quick, gpu, grid_only=args.no_fixed),
+        nets,
         repeats=repeats,
         modes=args.modes,
         max_flops=max_flops,
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     results = {
         "meta": meta,
-        "args": {"quick": args.quick, "repeats": repeats, "modes": args.modes},
+        "args": {"quick": args.quick, "repeats": repeats, "modes": args.modes, "only": args.only},
         **suite,
     }
     results["summary"] = summarise_jacobian(results["cases"])
@@ -123,9 +128,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(jacobian_table(results["cases"], args.modes))
     print()
     print(summary_text(results["summary"]))
-    suffix = (
-        "jacobian_modes" + ("-quick" if args.quick else "") + ("-grid" if args.no_fixed else "")
-    )
+    suffix = "jacobian_modes" + ("-quick" if args.quick else "")
+    suffix += "-grid" if args.no_fixed else ""
+    suffix += "-" + "-".join(args.only) if args.only else ""
     path = write_json(results, args.out or default_path(suffix, meta, ROOT))
     print(f"\nresults written to {path}")
     return results

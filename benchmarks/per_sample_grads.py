@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         batches = [32, 128]
     else:
-        batches = [256, 4096, 32768] if gpu else [32, 128, 512]
+        batches = [256, 2048, 8192] if gpu else [32, 128, 512]
     print(f"device: {meta['backend']} / {meta['device_kind']}, jax {meta['jax']}", flush=True)
     model = make_model(MNIST)
     results: dict = {"meta": meta, "suite": "per_sample_grads", "net": "784-512-512-10"}

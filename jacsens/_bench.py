@@ -3,8 +3,10 @@
 Timing rules (see `benchmarks/README.md`): the first call of every function (tracing and
 compilation) is timed on its own and excluded; every timed call ends with
 `jax.block_until_ready`; functions compared with each other are timed *interleaved*, one call
-of each per repeat, so that a noisy machine slows all of them alike; reported are the median
-and the spread (interquartile range, min, max) of the repeats. A function that fails (out of
+of each per repeat in a fresh random order, so that a noisy machine slows all of them alike
+and none always follows the same neighbour (fast ones are re-warmed, untimed, before each
+sample); reported are the median and the spread (interquartile range, min, max) of the
+repeats. A function that fails (out of
 memory, an unsupported model, any exception) is recorded as a failure with its message and
 the suite goes on.
 """
@@ -17,6 +19,7 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -35,7 +38,11 @@ from ._models import MLP
 
 JACSENS_MODES = ("rev", "fwd", "chain", "auto", "backprop")
 PLAIN_MODES = ("plain_rev", "plain_fwd")
+# `input_jacobian(mode="rev")` called inside the user's own `jax.jit`: no per-call Python
+# validation or dispatch, so its ratio to plain_rev isolates the compiled program.
+EXTRA_MODES = ("rev_jit",)
 ALL_MODES = JACSENS_MODES + PLAIN_MODES
+KNOWN_MODES = ALL_MODES + EXTRA_MODES
 COST_MODES = ("rev", "fwd", "chain")
 
 
@@ -56,7 +63,9 @@ class Timing:
     - `median_s`, `q1_s`, `q3_s`, `min_s`, `max_s`: statistics over `repeats` samples.
     - `number`: calls averaged inside each sample (more than 1 for very fast functions).
     - `peak_bytes`: the device's `peak_bytes_in_use` after the runs, where the backend
-        reports memory statistics (`None` on CPU).
+        reports memory statistics (`None` on CPU). It is the process's high-water mark and
+        cannot be reset, so it is per function only when functions run in increasing
+        order of memory; `temp_bytes` + `out_bytes` is the per-function figure.
     - `temp_bytes`, `out_bytes`: temporary and output buffer sizes of the compiled
         program (`compiled.memory_analysis()`), where available.
     """
@@ -111,10 +120,14 @@ def _peak_bytes() -> int | None:
 
 
 def _call(fn: Callable, args: tuple, number: int) -> float:
+    out = None
     t0 = time.perf_counter()
     for _ in range(number):
-        jax.block_until_ready(fn(*args))
-    return (time.perf_counter() - t0) / number
+        out = jax.block_until_ready(fn(*args))
+    elapsed = time.perf_counter() - t0
+    # The last result is freed here, untimed, not inside the next function's sample.
+    del out
+    return elapsed / number
 
 
 def time_fns(
@@ -123,14 +136,18 @@ def time_fns(
     repeats: int = 5,
     warmup: int = 1,
     min_sample_s: float = 0.02,
+    rewarm_s: float = 0.05,
     memory: bool = False,
 ) -> dict[str, Timing]:
     """Time several functions side by side, interleaved.
 
     Each function is first called once (tracing, compilation: `first_s`) and `warmup` more
     times, untimed. Then for each of `repeats` rounds every function runs once (or `number`
-    times back to back when one call is shorter than `min_sample_s`), in an order rotated
-    each round. A function whose first call raises is recorded as failed and left out.
+    times back to back when one call is shorter than `min_sample_s`), in a random order
+    drawn afresh each round (seeded, reproducible). A function faster than `rewarm_s` is
+    called once more, untimed, right before its sample, so that its caches are its own and
+    not those of the function timed before it. A function whose first call raises is
+    recorded as failed and left out.
 
     **Arguments:**
 
@@ -138,6 +155,7 @@ def time_fns(
     - `repeats`: timed rounds, at least 1.
     - `warmup`: untimed calls after the first.
     - `min_sample_s`: shortest sample; faster functions are looped inside a sample.
+    - `rewarm_s`: functions faster than this get an untimed call before each sample.
     - `memory`: also compile each function under `jax.jit` once more to read the sizes of
         its temporary and output buffers (`temp_bytes`, `out_bytes`).
 
@@ -152,6 +170,7 @@ def time_fns(
     results: dict[str, Timing] = {}
     live: list[str] = []
     numbers: dict[str, int] = {}
+    rewarm: dict[str, bool] = {}
     for name, (fn, args) in fns.items():
         try:
             t0 = time.perf_counter()
@@ -166,15 +185,21 @@ def time_fns(
         temp, out = _compiled_bytes(fn, args) if memory else (None, None)
         results[name] = Timing(first_s=first, temp_bytes=temp, out_bytes=out)
         numbers[name] = max(1, min(1000, math.ceil(min_sample_s / max(once, 1e-7))))
+        rewarm[name] = once < rewarm_s
         live.append(name)
     samples: dict[str, list[float]] = {name: [] for name in live}
-    for r in range(repeats):
-        order = live[r % len(live) :] + live[: r % len(live)] if live else []
+    rng = random.Random(0)
+    for _ in range(repeats):
+        # A fresh order each round: a function is not always timed right after the same
+        # (say, a long-running) one, whose after-effects would then bias it alone.
+        order = rng.sample(live, len(live))
         for name in order:
             if not results[name].ok:
                 continue
             fn, args = fns[name]
             try:
+                if rewarm[name]:
+                    _call(fn, args, 1)
                 samples[name].append(_call(fn, args, numbers[name]))
             except Exception as exc:
                 results[name] = _failure(exc)
@@ -361,10 +386,12 @@ def jacobian_fns(model: MLP, X: jax.Array, modes: Iterable[str] = ALL_MODES) -> 
             fns[mode] = (jax.jit(jax.vmap(jax.jacrev(model))), (X,))
         elif mode == "plain_fwd":
             fns[mode] = (jax.jit(jax.vmap(jax.jacfwd(model))), (X,))
+        elif mode == "rev_jit":
+            fns[mode] = (jax.jit(lambda X: input_jacobian(model, X, mode="rev")), (X,))
         elif mode in JACSENS_MODES:
             fns[mode] = (lambda X, mode=mode: input_jacobian(model, X, mode=mode), (X,))
         else:
-            raise ValueError(f"Unknown mode {mode!r}; expected one of {ALL_MODES}.")
+            raise ValueError(f"Unknown mode {mode!r}; expected one of {KNOWN_MODES}.")
     return fns
 
 
@@ -393,7 +420,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def _cost_mode(mode: str, best: str) -> str:
     if mode == "auto":
         return best
-    return mode.removeprefix("plain_")
+    return mode.removeprefix("plain_").removesuffix("_jit")
 
 
 def run_jacobian_case(
@@ -466,6 +493,7 @@ def run_jacobian_case(
     plain = [p for p in plain if p is not None]
     best_plain = min(plain) if plain else None
     case["rev_over_plain_rev"] = paired_ratio(timings.get("rev"), timings.get("plain_rev"))
+    case["rev_jit_over_plain_rev"] = paired_ratio(timings.get("rev_jit"), timings.get("plain_rev"))
     case["best_plain_over_chain"] = _ratio(best_plain, _median(timings.get("chain")))
     case["best_plain_over_auto"] = _ratio(best_plain, _median(timings.get("auto")))
     return case
@@ -478,12 +506,14 @@ def summarise_jacobian(cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return [c[key] for c in cases if c.get(key) is not None and where(c)]
 
     rev = collect("rev_over_plain_rev")
+    rev_jit = collect("rev_jit_over_plain_rev")
     picks = collect("auto_within_10pct")
     picks_min = collect("auto_within_10pct_min")
     bottleneck = [c for c in cases if c["name"].startswith("bottleneck")]
     return {
         "rev_over_plain_rev_median": statistics.median(rev) if rev else None,
         "rev_over_plain_rev_max": max(rev) if rev else None,
+        "rev_jit_over_plain_rev_median": statistics.median(rev_jit) if rev_jit else None,
         "auto_within_10pct_fraction": (sum(picks) / len(picks)) if picks else None,
         "auto_cases": len(picks),
         "auto_within_10pct_fraction_min": (sum(picks_min) / len(picks_min)) if picks_min else None,
@@ -601,6 +631,8 @@ def summary_text(summary: dict[str, Any]) -> str:
     lines = [
         f"rev / plain vmap(jacrev), median over nets: {f(summary['rev_over_plain_rev_median'])}"
         f" (max {f(summary['rev_over_plain_rev_max'])})",
+        f"rev inside the caller's jax.jit / plain vmap(jacrev): "
+        f"{f(summary.get('rev_jit_over_plain_rev_median'))}",
         "bottleneck AE, best of plain fwd/rev ÷ chain: "
         + ", ".join(f(x) + "x" for x in summary["bottleneck_best_plain_over_chain"]),
         "bottleneck AE, best of plain fwd/rev ÷ auto: "

@@ -45,6 +45,7 @@ def test_time_fns_statistics_and_failures():
         repeats=3,
         warmup=1,
         min_sample_s=0.0,
+        rewarm_s=0.0,
     )
     assert list(res) == ["ok", "boom", "counted"]
     ok = res["ok"]
@@ -56,8 +57,13 @@ def test_time_fns_statistics_and_failures():
     assert res["boom"].median_s is None
     # first call + 1 warmup + 3 repeats with one call each
     assert len(calls) == 5 and res["counted"].number == 1
+    calls.clear()
+    _bench.time_fns({"counted": (counted, (x,))}, repeats=3, min_sample_s=0.0, rewarm_s=10.0)
+    assert len(calls) == 1 + 1 + 3 * 2  # and an untimed call before each sample
     with pytest.raises(ValueError, match="repeats"):
         _bench.time_fns({"ok": (lambda: 0, ())}, repeats=0)
+    with pytest.raises(ValueError, match="Unknown mode 'sideways'"):
+        _bench.jacobian_fns(None, x, ["sideways"])
 
 
 def test_time_fn_memory_analysis():
@@ -92,9 +98,12 @@ def _check_case(case, modes):
 
 def test_jacobian_suite_json_roundtrip(tmp_path):
     bad = _bench.NetSpec("bad", 0, (4,), 2, 2)  # MLP refuses in_size=0: recorded, not raised
-    suite = _bench.run_jacobian_suite([TINY, bad], repeats=2, max_flops=None)
+    suite = _bench.run_jacobian_suite(
+        [TINY, bad], repeats=2, modes=_bench.KNOWN_MODES, max_flops=None
+    )
     ok, failed = suite["cases"]
-    _check_case(ok, _bench.ALL_MODES)
+    _check_case(ok, _bench.KNOWN_MODES)
+    assert ok["rev_jit_over_plain_rev"] > 0
     assert all(t["ok"] for t in ok["timings"].values())
     assert ok["fastest"] in ("rev", "fwd", "chain")
     assert isinstance(ok["auto_within_10pct"], bool)
