@@ -110,9 +110,14 @@ def finite_difference_jacobian(
         step = float(jnp.finfo(X.dtype).eps) ** (1.0 / 3.0)
     elif isinstance(step, bool) or not isinstance(step, int | float) or not step > 0:
         raise ValueError(f"`step` must be a positive number or None, got {step!r}.")
+    return _fd_impl(model, X, step, out_shape)
+
+
+@eqx.filter_jit
+def _fd_impl(model, X, step, out_shape):
+    in_shape = X.shape[1:]
     n = int(np.prod(in_shape))
-    B = X.shape[0]
-    flat = X.reshape(B, n)
+    flat = X.reshape(X.shape[0], n)
     h = step * jnp.maximum(1.0, jnp.abs(flat))  # (B, n)
     E = jnp.eye(n, dtype=X.dtype)
 
@@ -123,7 +128,7 @@ def finite_difference_jacobian(
         cols = diff.reshape(n, -1) / (2 * hx[:, None])  # (n, out)
         return cols.T.reshape(*out_shape, *in_shape)
 
-    return jax.jit(jax.vmap(one))(flat, h)
+    return jax.vmap(one)(flat, h)
 
 
 def _compare(quantity: str, a: str, b: str, A, Bv, rtol: float) -> Comparison:

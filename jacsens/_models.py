@@ -39,7 +39,10 @@ class Activation:
     fn: Callable[[Array], Array]
     deriv: Callable[[Array], Array]
 
-    def __call__(self, z: Array) -> Array:
+    def __call__(self, z: Array, *, key: PRNGKeyArray | None = None) -> Array:
+        # `key` is accepted (and ignored) so that an Activation can sit directly in an
+        # `eqx.nn.Sequential`, which passes one to every layer.
+        del key
         return self.fn(z)
 
 

@@ -155,3 +155,19 @@ def test_mlp_bad_arguments(getkey, kwargs, exc, match):
     args = dict(in_size=3, widths=(4,), out_size=2, activation="tanh") | kwargs
     with pytest.raises(exc, match=match):
         jacsens.MLP(**args, key=getkey())
+
+
+def test_activation_object_sits_in_sequential():
+    """A jacsens.Activation accepts Sequential's `key` and is read as a diagonal factor."""
+    keys = jax.random.split(jax.random.key(0), 2)
+    model = eqx.nn.Sequential(
+        [
+            eqx.nn.Linear(3, 4, key=keys[0]),
+            jacsens.ACTIVATIONS["sigmoid"],
+            eqx.nn.Linear(4, 2, key=keys[1]),
+        ]
+    )
+    X = jax.random.normal(jax.random.key(1), (5, 3), dtype=jnp.float64)
+    J_chain = jacsens.input_jacobian(model, X, mode="chain")
+    J_rev = jacsens.input_jacobian(model, X, mode="rev")
+    assert float(jnp.max(jnp.abs(J_chain - J_rev))) <= 1e-12 * float(jnp.max(jnp.abs(J_rev)))
