@@ -83,7 +83,13 @@ def plot_grid(evaluation: dict, meta: dict, path: Path, depth_hidden: int = 2) -
             pred = [c["predicted_s"][mode] / c["batch"] * 1e6 for c in sub]
             ax.plot(outs, pred, "--", color=COLOURS[mode], alpha=0.6, label=f"{mode} (model)")
         for o, c in zip(outs, sub, strict=True):
-            ax.annotate(c["new_choice"][0], (o, ax.get_ylim()[0]), fontsize=7, ha="center")
+            ax.annotate(
+                c["new_choice"][0],
+                (o, 0.03),
+                xycoords=("data", "axes fraction"),
+                fontsize=8,
+                ha="center",
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(f"input width {n_in}", fontsize=10)
