@@ -468,6 +468,21 @@ def _sweep(t: _Tally, widths: list[int], flags: list[bool], batch: int) -> None:
         t.op(0.0, batch * rows * widths[-1])
 
 
+def _backprop(t: _Tally, dims: list[int], batch: int) -> None:
+    """`jacsens.backprop`'s recursion: `G = diag(g_n) W_n`, `G <- (G diag(g_k)) W_k`, then
+    the input-side scaling; every diagonal is applied (ones where there is no activation)."""
+    n = len(dims) - 1
+    rows = dims[-1]
+    if n == 0:
+        t.scale(rows * dims[0], batch, False)
+        return
+    t.scale(rows * dims[n - 1], batch, False)
+    for k in range(n - 1, 0, -1):
+        t.scale(rows * dims[k], batch, True)
+        t.matmul(rows, dims[k], dims[k - 1], batch, True, False)
+    t.scale(rows * dims[0], batch, True)
+
+
 def _chain_tree(t: _Tally, order: ChainOrder, flags: list[bool], batch: int) -> None:
     """The operations of `chain_jacobian` for the order `order` (mirrors its recursion)."""
     dims = order.dims
@@ -505,7 +520,7 @@ def chain_estimates(
 
     Every mode includes the forward pass. rev and fwd are the autodiff sweeps from an
     identity seed (`_sweep`); chain is `chain_jacobian`'s order; backprop is the output-side
-    recursion of `jacsens.backprop`, whose seed is per sample from the start.
+    recursion of `jacsens.backprop` (`_backprop`).
     """
     dims = list(chain.dims)
     flags = _diag_flags(chain)
@@ -523,9 +538,7 @@ def chain_estimates(
         elif mode == "chain":
             _chain_tree(t, _chain_order(chain), flags, B)
         else:
-            back = flags[::-1]
-            back[0] = True  # the kernel's seed is a per-sample array from the start
-            _sweep(t, dims[::-1], back, B)
+            _backprop(t, dims, B)
         out[mode] = (t.flops, t.bytes, t.seconds)
     return out
 

@@ -165,6 +165,8 @@ def test_flops_hand_count(getkey):
     assert cost.flops["fwd"] == forward + 2 * 2 * 2 * 3 + 6 + 2 * 2 * 3
     # chain: scale W2 (the smaller neighbour, 1×3), then (1×3) @ W1 — no seed product
     assert cost.flops["chain"] == forward + 3 + 2 * 3 * 2
+    # backprop: G = diag(g2) W2 (3), G diag(g1) (3), G W1 (1×3 @ 3×2), input scaling (2)
+    assert cost.flops["backprop"] == forward + 3 + 3 + 2 * 3 * 2 + 2
 
 
 @pytest.mark.parametrize("B", [1, 7, 1024])
