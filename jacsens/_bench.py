@@ -631,8 +631,6 @@ def summary_text(summary: dict[str, Any]) -> str:
     lines = [
         f"rev / plain vmap(jacrev), median over nets: {f(summary['rev_over_plain_rev_median'])}"
         f" (max {f(summary['rev_over_plain_rev_max'])})",
-        f"rev inside the caller's jax.jit / plain vmap(jacrev): "
-        f"{f(summary.get('rev_jit_over_plain_rev_median'))}",
         "bottleneck AE, best of plain fwd/rev ÷ chain: "
         + ", ".join(f(x) + "x" for x in summary["bottleneck_best_plain_over_chain"]),
         "bottleneck AE, best of plain fwd/rev ÷ auto: "
@@ -640,4 +638,10 @@ def summary_text(summary: dict[str, Any]) -> str:
         f"auto within 10% of the fastest of rev/fwd/chain: "
         f"{f(summary['auto_within_10pct_fraction'], '{:.0%}')} of {summary['auto_cases']} cases",
     ]
+    if summary.get("rev_jit_over_plain_rev_median") is not None:
+        lines.insert(
+            1,
+            "rev inside the caller's jax.jit / plain vmap(jacrev): "
+            + f(summary["rev_jit_over_plain_rev_median"]),
+        )
     return "\n".join(lines)
