@@ -22,7 +22,7 @@ from ._chain import (
     chain_jacobian,
     read_chain,
 )
-from ._validate import as_float_array, check_choice, check_positive_int, sample_shapes
+from ._validate import as_float_array, check_choice, check_positive_int, sample_shapes, sample_spec
 
 Mode = Literal["auto", "rev", "fwd", "chain", "backprop"]
 MODES = ("auto", "rev", "fwd", "chain", "backprop")
@@ -198,7 +198,7 @@ def explain(model: Callable[[Array], Array], batch_size: int = 1, *, file=None) 
 def _check_products(model, X, V, vname: str, want: str):
     X = as_float_array(X, "X")
     V = as_float_array(V, vname)
-    in_shape, out_shape, _ = sample_shapes(model, X)
+    in_shape, out_shape, _, out_dtype = sample_spec(model, X)
     shape = (X.shape[0], *(in_shape if want == "in" else out_shape))
     if V.shape != shape:
         raise ValueError(
@@ -208,8 +208,7 @@ def _check_products(model, X, V, vname: str, want: str):
     if want == "in":
         dtype, what = X.dtype, "of `X`"
     else:
-        dtype = jax.eval_shape(model, jax.ShapeDtypeStruct(in_shape, X.dtype)).dtype
-        dtype, what = jnp.dtype(dtype), "of the model's output"
+        dtype, what = out_dtype, "of the model's output"
     if V.dtype != dtype:
         raise TypeError(f"`{vname}` must have the dtype {what}, {dtype}; got {V.dtype}.")
     return X, V

@@ -50,6 +50,14 @@ def check_choice(value: Any, argname: str, choices: Iterable[str]) -> str:
 def sample_shapes(model: Callable, X: jax.Array, argname: str = "X"):
     """Validate a batch `X` against `model` and return `(in_shape, out_shape, chain)`.
 
+    See `sample_spec`, which also returns the output dtype.
+    """
+    return sample_spec(model, X, argname)[:3]
+
+
+def sample_spec(model: Callable, X: jax.Array, argname: str = "X"):
+    """Validate a batch `X` against `model`; return `(in_shape, out_shape, chain, out_dtype)`.
+
     For models with a readable layer chain the input shape is known and `X` must match
     it exactly; for other callables `X.shape[1:]` is taken as the sample shape and the
     model is traced once (abstractly) to check that it accepts it.
@@ -66,7 +74,8 @@ def sample_shapes(model: Callable, X: jax.Array, argname: str = "X"):
                 f"`{argname}` must have shape (batch, {', '.join(map(str, expected))}) for "
                 f"this model (one sample is {expected}), got {X.shape}."
             )
-        return chain.in_shape, chain.out_shape, chain
+        params = [a.dtype for s in chain.linears for a in (s.weight, s.bias) if a is not None]
+        return chain.in_shape, chain.out_shape, chain, jnp.result_type(X.dtype, *params)
     in_shape = X.shape[1:]
     try:
         out = jax.eval_shape(model, jax.ShapeDtypeStruct(in_shape, X.dtype))
@@ -81,7 +90,7 @@ def sample_shapes(model: Callable, X: jax.Array, argname: str = "X"):
         )
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise TypeError(f"`model` must return a floating array, got dtype {out.dtype}.")
-    return in_shape, tuple(out.shape), None
+    return in_shape, tuple(out.shape), None, jnp.dtype(out.dtype)
 
 
 def check_same_batch(X: jax.Array, Y: jax.Array, xname: str = "X", yname: str = "Y") -> None:
