@@ -308,16 +308,7 @@ def optimal_order(dims: tuple[int, ...], has_diag: tuple[bool, ...]) -> ChainOrd
 
 
 def _chain_order(chain: Chain) -> ChainOrder:
-    dims = tuple(chain.dims)
-    n = len(dims) - 1
-    has_diag = [False] * (n + 1)
-    k = 0
-    for step in chain.steps:
-        if isinstance(step, LinearStep):
-            k += 1
-        else:
-            has_diag[k] = True
-    return optimal_order(dims, tuple(has_diag))
+    return optimal_order(tuple(chain.dims), tuple(_diag_flags(chain)))
 
 
 JACOBIAN_MODES = ("rev", "fwd", "chain", "backprop")
