@@ -22,7 +22,6 @@ import platform
 import random
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -33,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._atomic import atomic_write
 from ._jacobian import input_jacobian, jacobian_cost
 from ._models import MLP
 
@@ -304,16 +304,8 @@ def write_json(data: dict[str, Any], path: str | Path) -> Path:
     """Write `data` as JSON atomically (temporary file in the same folder + `os.replace`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(data), f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    text = json.dumps(_jsonable(data), indent=1) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
     return path
 
 

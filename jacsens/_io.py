@@ -18,13 +18,13 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ._atomic import atomic_write
 from ._chain import _identify
 from ._models import MLP
 
@@ -164,30 +164,12 @@ def save(path: PathLike, model: Any) -> None:
     }
     header_line = json.dumps(header, separators=(",", ":")).encode("utf-8") + b"\n"
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC)
-            f.write(header_line)
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode())  # mkstemp creates 0600; give the usual umask mode
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    def write(f):
+        f.write(MAGIC)
+        f.write(header_line)
+        f.write(payload)
 
-
-def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    atomic_write(path, write)
 
 
 def read_header(path: PathLike) -> dict[str, Any]:

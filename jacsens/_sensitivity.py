@@ -20,7 +20,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -31,6 +30,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array, Float
 
+from ._atomic import atomic_write
 from ._jacobian import MODES, _resolve_mode, input_hessian, input_jacobian
 from ._samplers import Sampler
 from ._stats import (
@@ -242,9 +242,9 @@ class SensitivityResult:
         if path.endswith(".json"):
             payload = dict(meta, **{k: v.tolist() for k, v in arrays.items()})
             data = json.dumps(payload, allow_nan=True).encode()
-            _atomic_write(path, lambda f: f.write(data))
+            atomic_write(path, lambda f: f.write(data))
         else:
-            _atomic_write(path, lambda f: np.savez(f, _meta=np.array(json.dumps(meta)), **arrays))
+            atomic_write(path, lambda f: np.savez(f, _meta=np.array(json.dumps(meta)), **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SensitivityResult:
@@ -286,22 +286,6 @@ _ARRAY_FIELDS = (
     "interactions",
     "interactions_se",
 )
-
-
-def _atomic_write(path: str, write: Callable[[Any], Any]) -> None:
-    """Write via a temporary file in the same directory, then `os.replace`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------- data sources
@@ -508,7 +492,7 @@ def _save_checkpoint(path, meta, jac: StreamingStats, hess: StreamingStats | Non
     if hess is not None:
         arrays.update(stats_state_dict(hess, "hess_"))
     blob = np.array(json.dumps(meta))
-    _atomic_write(path, lambda f: np.savez(f, _meta=blob, **arrays))
+    atomic_write(path, lambda f: np.savez(f, _meta=blob, **arrays))
 
 
 def _load_checkpoint(path, expect: dict):

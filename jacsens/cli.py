@@ -8,7 +8,6 @@ folder. Bad input ends with one line `jacsens: error: ...` on stderr and exit st
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -17,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ._atomic import atomic_write_json
 
 PROG = "jacsens"
 MODEL_FILE = "model.jsns"
@@ -403,14 +404,6 @@ def _fit_or_load(args, data: _Data, timings: dict[str, float]):
     return model, info
 
 
-def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".part"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, allow_nan=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def _prepare_out(path: str) -> str:
     if os.path.exists(path) and not os.path.isdir(path):
         raise CLIError(f"--out {path!r} exists and is not a folder")
@@ -519,7 +512,7 @@ def cmd_analyze(args) -> int:
         "seed": args.seed,
         "files": {k: os.path.basename(v) for k, v in paths.items()},
     }
-    _write_json(paths["summary"], summary)
+    atomic_write_json(paths["summary"], summary)
     _say(
         args,
         f"Report written to {out}/ ({', '.join(sorted(summary['files'].values()))}) in "
@@ -553,7 +546,7 @@ def cmd_fit(args) -> int:
         "timings": timings,
         "seed": args.seed,
     }
-    _write_json(os.path.join(out, "summary.json"), summary)
+    atomic_write_json(os.path.join(out, "summary.json"), summary)
     _say(
         args,
         f"Test R² = {summary['metrics']['test_r2']:.3f}; model written to {path}",
