@@ -141,7 +141,27 @@ def _compose(outer, inner):
     return lambda m: inner(outer(m))
 
 
+def _plain(model: Any, cls: type) -> bool:
+    """`model` is a `cls` whose forward pass is `cls`'s own.
+
+    A subclass that overrides `__call__` (a scaled output, a residual connection, ...)
+    computes something the layer chain does not describe: it is not read as a chain.
+    """
+    return isinstance(model, cls) and type(model).__call__ is cls.__call__
+
+
 def _read(model: Any, getter, where: str) -> list[Step]:
+    if isinstance(model, MLP | eqx.nn.MLP | eqx.nn.Sequential | eqx.nn.Linear | eqx.nn.Identity):
+        base = next(
+            c
+            for c in (MLP, eqx.nn.MLP, eqx.nn.Sequential, eqx.nn.Linear, eqx.nn.Identity)
+            if isinstance(model, c)
+        )
+        if not _plain(model, base):
+            raise ChainError(
+                f"{where}: {type(model).__name__} overrides {base.__name__}.__call__, so its "
+                "layer chain cannot be read; use an autodiff mode (rev/fwd)."
+            )
     if isinstance(model, eqx.nn.Linear):
         return [_linear_step(model, getter)]
     if isinstance(model, MLP):

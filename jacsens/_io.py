@@ -65,9 +65,11 @@ def _activation_name(fn: Any, field: str) -> str:
 
 def _describe(model: Any) -> tuple[str, dict[str, Any]]:
     """The class tag and constructor arguments of a saveable model."""
-    if isinstance(model, MLP):
+    # Exact classes only: `load` rebuilds the base class, which would silently drop a
+    # subclass's own behaviour.
+    if type(model) is MLP:
         return "jacsens.MLP", model.hyperparameters()
-    if isinstance(model, eqx.nn.MLP):
+    if type(model) is eqx.nn.MLP:
         return "equinox.nn.MLP", {
             "in_size": model.in_size,
             "out_size": model.out_size,

@@ -77,7 +77,9 @@ def _silu_deriv(z):
 
 
 def _elu(z):
-    return jnp.where(z > 0, z, jnp.expm1(jnp.minimum(z, 0)))
+    # jnp.where, not jnp.minimum: minimum's derivative at a tie is 1/2, and autodiff of
+    # `fn` must agree with the closed-form `deriv` everywhere, kinks included.
+    return jnp.where(z > 0, z, jnp.expm1(jnp.where(z > 0, jnp.zeros_like(z), z)))
 
 
 def _elu_deriv(z):
@@ -98,8 +100,8 @@ ACTIVATIONS: dict[str, Activation] = {
         Activation("identity", lambda z: z, jnp.ones_like),
         Activation("tanh", jnp.tanh, lambda z: 1 - jnp.tanh(z) ** 2),
         Activation("sigmoid", jax.nn.sigmoid, _sigmoid_deriv),
-        # f'(0) = 0 for relu, matching jax.nn.relu's convention.
-        Activation("relu", lambda z: jnp.maximum(z, 0), lambda z: (z > 0).astype(z.dtype)),
+        # f'(0) = 0 for relu: jax.nn.relu's convention, which its autodiff follows too.
+        Activation("relu", jax.nn.relu, lambda z: (z > 0).astype(z.dtype)),
         Activation("softplus", jax.nn.softplus, jax.nn.sigmoid),
         # `gelu` is the tanh approximation, as jax.nn.gelu's default.
         Activation("gelu", _gelu_tanh, _gelu_tanh_deriv),

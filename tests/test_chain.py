@@ -290,3 +290,31 @@ def test_explain(getkey, capsys):
     assert "batch size 4" in text
     # file=False: nothing printed, text still returned
     assert jacsens.explain(m, file=False) != "" and capsys.readouterr().out == ""
+
+
+class _ScaledMLP(jacsens.MLP):
+    """Overrides the forward pass: its layer chain no longer describes it."""
+
+    def __call__(self, x, *, key=None):
+        return 2.0 * super().__call__(x) + jnp.sum(x**2)
+
+
+def test_subclass_overriding_call_is_not_read_as_a_chain():
+    model = _ScaledMLP(6, (8, 2, 8), 6, key=jax.random.key(0), dtype=jnp.float64)
+    X = jax.random.normal(jax.random.key(1), (3, 6), jnp.float64)
+    with pytest.raises(jacsens.ChainError, match="overrides MLP.__call__"):
+        jacsens.read_chain(model)
+    with pytest.raises(jacsens.ChainError, match="overrides"):
+        jacsens.input_jacobian(model, X, mode="chain")
+    # auto falls back to autodiff, which sees the subclass's own __call__
+    J_ref = jax.vmap(jax.jacrev(model))(X)
+    assert jnp.allclose(jacsens.input_jacobian(model, X), J_ref, rtol=1e-12, atol=0)
+    assert float(jnp.max(jnp.abs(J_ref))) > 0
+
+
+def test_subclass_keeping_call_is_still_a_chain():
+    class Tagged(jacsens.MLP):
+        pass
+
+    model = Tagged(5, (4,), 3, key=jax.random.key(0), dtype=jnp.float64)
+    assert len(jacsens.read_chain(model).linears) == 2

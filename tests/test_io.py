@@ -181,3 +181,16 @@ def test_save_refuses_unsupported_models(tmp_path, getkey):
 def test_load_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         jacsens.load(tmp_path / "absent.jsns")
+
+
+def test_save_refuses_subclass(tmp_path):
+    """load() would rebuild the base class and silently drop the subclass's behaviour."""
+
+    class Sub(jacsens.MLP):
+        def __call__(self, x, *, key=None):
+            return -super().__call__(x)
+
+    model = Sub(3, (4,), 2, key=jax.random.key(0))
+    with pytest.raises(TypeError, match="Sub"):
+        jacsens.save(tmp_path / "m.jsns", model)
+    assert not (tmp_path / "m.jsns").exists()
