@@ -7,7 +7,10 @@ expanded into many points (integration steps, noisy copies).
 For a model with several outputs, `target` picks the output being explained: an int
 (flat index into the output), a tuple (index into a multi-dimensional output), or an
 integer array `(B,)` with one flat index per row. A model whose output has exactly one
-element needs no `target`.
+element needs no `target`. An out-of-range target raises `ValueError` naming `target`;
+for a target array traced under `jit` the check runs with the program (an
+`equinox.error_if` runtime error; NaN results under `EQX_ON_ERROR=nan`), so an
+out-of-range entry is never silently clamped to the last output.
 """
 
 from __future__ import annotations
@@ -74,15 +77,22 @@ def _prepare(model, X, target, chunk_size):
                 f"`target` as an array must be integers of shape ({B},) (one per row of X), "
                 f"got {target.dtype} {target.shape}."
             )
-        try:
-            t = np.asarray(target)
-        except jax.errors.TracerArrayConversionError:  # under jit: checked by the caller
-            t = None
-        if t is not None and t.size and (t.min() < 0 or t.max() >= n_out):
+        if isinstance(target, jax.core.Tracer):
+            # under jit the values are unknown here: check them when the program runs, so
+            # an out-of-range entry raises instead of being clamped by the gather
+            T = jnp.asarray(target, jnp.int32)
+            T = eqx.error_if(
+                T,
+                (T < 0) | (T >= n_out),
+                f"`target` entries must be in [0, {n_out}) for an output of {n_out} elements.",
+            )
+            return X, T, chunk_size
+        t = np.asarray(target)
+        if t.size and (t.min() < 0 or t.max() >= n_out):
             raise ValueError(
                 f"`target` entries must be in [0, {n_out}), got range [{t.min()}, {t.max()}]."
             )
-        return X, jnp.asarray(target, jnp.int32), chunk_size
+        return X, jnp.asarray(t, jnp.int32), chunk_size
     else:
         raise TypeError(
             f"`target` must be None, an int, a tuple or an integer array, got {target!r:.60}."
@@ -91,10 +101,18 @@ def _prepare(model, X, target, chunk_size):
 
 
 def _selected(model):
-    """`(x, t) -> model(x).ravel()[t]`: the scalar being explained."""
+    """`(x, t) -> model(x).ravel()[t]`: the scalar being explained.
+
+    An out-of-range `t` (only possible for a target array traced under `jit`, where
+    `_prepare` cannot see the values) gives NaN for the value and its gradient instead of
+    the clamped index a gather would use.
+    """
 
     def f(x, t):
-        return jnp.reshape(model(x), (-1,))[t]
+        y = jnp.reshape(model(x), (-1,))
+        n = y.shape[0]
+        scale = jnp.where((t >= 0) & (t < n), 1, jnp.nan).astype(y.dtype)
+        return y[jnp.clip(t, 0, n - 1)] * scale
 
     return f
 

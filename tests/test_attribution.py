@@ -162,3 +162,30 @@ def test_errors(net, getkey):
         attr.smoothgrad(net, X, target=0, key=0)
     with pytest.raises(ValueError, match="X"):
         attr.saliency(net, jnp.zeros((3, 5)), target=0)
+
+
+def test_target_array_out_of_range_is_never_clamped(net, getkey):
+    X = jax.random.normal(getkey(), (2, 4))
+    J = np.asarray(jax.vmap(jax.jacrev(net))(X))  # (2, 3, 4)
+    # concrete arrays: checked before anything runs
+    with pytest.raises(ValueError, match=r"`target` entries must be in \[0, 3\).*\[7, 7\]"):
+        attr.saliency(net, X, target=np.array([7, 7]))
+    with pytest.raises(ValueError, match=r"`target` entries must be in \[0, 3\)"):
+        attr.gradient_x_input(net, X, target=jnp.array([0, -1]))
+    # traced under jit: in-range targets are still exact, out-of-range ones raise at run
+    # time instead of silently returning the gradient of output 2 (a clamped gather)
+    jitted = jax.jit(lambda X, t: attr.saliency(net, X, target=t, abs=False))
+    assert_close(jitted(X, jnp.array([2, 1])), np.stack([J[0, 2], J[1, 1]]), 1e-12)
+    with pytest.raises(Exception, match=r"`target` entries must be in \[0, 3\)"):
+        jax.block_until_ready(jitted(X, jnp.array([7, 7])))
+    ig = jax.jit(lambda X, t: attr.integrated_gradients(net, X, target=t, return_delta=False))
+    with pytest.raises(Exception, match=r"`target` entries must be in \[0, 3\)"):
+        jax.block_until_ready(ig(X, jnp.array([0, -1])))
+    # the selected scalar itself (what EQX_ON_ERROR=nan would reach): NaN value and
+    # gradient out of range, exact in range
+    f = attr._selected(net)
+    for t in (3, 7, -1):
+        assert np.isnan(float(f(X[0], t)))
+        assert np.all(np.isnan(np.asarray(jax.grad(f)(X[0], t))))
+    assert_close(jax.grad(f)(X[0], 2), J[0, 2], 1e-12)
+    assert float(f(X[0], 1)) == float(net(X[0])[1])
