@@ -417,3 +417,13 @@ def test_mixed_dtypes_follow_model_output(getkey):
         J = jacsens.input_jacobian(m, X32, mode=mode)
         assert J.dtype == jnp.float64, mode
         assert_close(J, ref, 1e-12)
+
+
+def test_input_hessian_float32_inputs_to_float64_model_keep_float64():
+    """Like input_jacobian, the Hessian is computed and returned in the model's precision."""
+    model = jacsens.MLP(4, (6,), 2, "tanh", key=jax.random.key(0), dtype=jnp.float64)
+    X64 = jax.random.normal(jax.random.key(1), (3, 4), jnp.float64).astype(jnp.float32)
+    H32 = jacsens.input_hessian(model, X64)
+    H64 = jacsens.input_hessian(model, X64.astype(jnp.float64))
+    assert H32.dtype == jnp.float64
+    assert float(jnp.max(jnp.abs(H32 - H64))) <= 1e-14 * float(jnp.max(jnp.abs(H64)))
