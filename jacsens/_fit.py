@@ -14,8 +14,15 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._losses import LOSSES, LossFn, get_loss
-from ._validate import as_float_array, check_positive_int, check_same_batch, sample_shapes
+from ._losses import LossFn, get_loss
+from ._validate import (
+    as_float_array,
+    as_targets,
+    check_positive_int,
+    check_same_batch,
+    check_targets,
+    sample_shapes,
+)
 
 Callback = Callable[[int, Any, "History"], "bool | None"]
 
@@ -139,9 +146,10 @@ def _eval_loss(params, static, X, Y, loss_fn):
     return _mean_loss(params, static, X, Y, loss_fn)
 
 
-def _check_targets(model, X, Y, loss_fn: LossFn, xname: str, yname: str):
+def _check_targets(model, X, Y, loss, loss_fn: LossFn, xname: str, yname: str):
     check_same_batch(X, Y, xname, yname)
-    sample_shapes(model, X, xname)
+    _, out_shape, _ = sample_shapes(model, X, xname)
+    check_targets(loss, Y, out_shape, yname)
     try:
         out = jax.eval_shape(
             lambda x, y: loss_fn(model(x), y),
@@ -153,35 +161,12 @@ def _check_targets(model, X, Y, loss_fn: LossFn, xname: str, yname: str):
             f"The loss cannot be evaluated on one sample of `{xname}` (shape {X.shape[1:]}) "
             f"and `{yname}` (shape {Y.shape[1:]}): {type(e).__name__}: {e}"
         ) from e
-    out_shape = jax.eval_shape(model, jax.ShapeDtypeStruct(X.shape[1:], X.dtype)).shape
-    if (
-        loss_fn in (LOSSES["mse"], LOSSES["half_squared_error"])
-        and jnp.issubdtype(Y.dtype, jnp.floating)
-        and Y.shape[1:] != out_shape
-    ):
-        raise ValueError(
-            f"`{yname}` must have shape (batch{''.join(f', {d}' for d in out_shape)}) to match the "
-            f"model's output {out_shape} under a squared-error loss, got {Y.shape}; reshape it "
-            "(broadcasting the two would silently fit the wrong target)."
-        )
     if out.shape != ():
         raise ValueError(
             f"The loss must return a scalar per sample; with one sample of `{yname}` of shape "
             f"{Y.shape[1:]} it returned shape {out.shape}. Check the shape of `{yname}` "
             "against the model's output."
         )
-
-
-def _as_targets(Y: Any, argname: str) -> Array:
-    if isinstance(Y, jax.Array | np.ndarray):
-        arr = Y
-    elif isinstance(Y, list | tuple):
-        arr = np.asarray(Y)
-    else:
-        raise TypeError(f"`{argname}` must be an array, got {type(Y).__name__}.")
-    if not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)):
-        raise TypeError(f"`{argname}` must be floating point or integer, got dtype {arr.dtype}.")
-    return jnp.asarray(arr)
 
 
 def _progress_bar(enabled: bool, total: int):
@@ -220,8 +205,10 @@ def fit(
 
     - `model`: an `eqx.Module` acting on one sample (`jacsens.MLP`, `eqx.nn.MLP`, ...).
     - `X`: inputs of shape `(N, *in_shape)`, floating point.
-    - `Y`: targets of shape `(N, *target_shape)`: floats for regression, integer labels
-        (or one-hot floats) for `"cross_entropy"`.
+    - `Y`: targets of shape `(N, *out_shape)` (the model's output shape): floats for
+        regression; for `"cross_entropy"` also integer class labels of shape
+        `(N, *out_shape[:-1])` in `[0, out_shape[-1])`. For a named loss any other shape is
+        refused (it would broadcast); the targets of a callable loss are not checked.
     - `loss`: a per-sample loss name (`"mse"`, `"cross_entropy"`, see `jacsens.LOSSES`) or
         a callable `(y_pred, y_true) -> scalar` (array outputs are summed); the batch loss
         is the mean over samples.
@@ -233,7 +220,8 @@ def fit(
     - `progress`: show a `tqdm` progress bar (only if `tqdm` is installed and stderr is a
         terminal).
     - `callbacks`: callables `(epoch, model, history) -> bool | None`, called after each
-        epoch (0-based `epoch`) with the history so far; returning `True` stops training.
+        epoch (0-based `epoch`) with the history so far; returning a truthy value
+        (`True`, `np.True_`, `jnp.asarray(True)`) stops training.
 
     **Returns:**
 
@@ -267,16 +255,16 @@ def fit(
         raise TypeError(f"`key` must be a jax.random key (jax.random.key(seed)), got {key!r:.60}.")
 
     X = as_float_array(X, "X")
-    Y = _as_targets(Y, "Y")
-    _check_targets(model, X, Y, loss_fn, "X", "Y")
+    Y = as_targets(Y, "Y")
+    _check_targets(model, X, Y, loss, loss_fn, "X", "Y")
     if X.shape[0] == 0:
         raise ValueError("`X` must contain at least one sample, got 0 rows.")
     if validation is not None:
         if not isinstance(validation, tuple | list) or len(validation) != 2:
             raise TypeError("`validation` must be a pair (X_val, Y_val).")
         Xv = as_float_array(validation[0], "validation[0]")
-        Yv = _as_targets(validation[1], "validation[1]")
-        _check_targets(model, Xv, Yv, loss_fn, "validation[0]", "validation[1]")
+        Yv = as_targets(validation[1], "validation[1]")
+        _check_targets(model, Xv, Yv, loss, loss_fn, "validation[0]", "validation[1]")
         if Yv.shape[1:] != Y.shape[1:]:
             raise ValueError(
                 f"`validation[1]` must have samples of shape {Y.shape[1:]} like `Y`, got "
@@ -318,7 +306,10 @@ def fit(
                     tuple(train_loss), None if val_loss is None else tuple(val_loss), False
                 )
                 current = eqx.combine(params, static)
-                if any([cb(epoch, current, hist) is True for cb in callbacks]):
+                # Every callback runs each epoch; any truthy answer (True, np.True_,
+                # jnp.asarray(True)) stops training, None or a falsy one does not.
+                answers = [cb(epoch, current, hist) for cb in callbacks]
+                if any(r is not None and bool(r) for r in answers):
                     stopped = epoch + 1 < epochs
                     break
     finally:

@@ -13,24 +13,24 @@ from jaxtyping import Array, Float, PyTree
 from ._batching import map_chunks
 from ._chain import LinearStep, try_read_chain
 from ._losses import LossFn, get_loss
-from ._validate import as_float_array, check_positive_int, check_same_batch, sample_shapes
+from ._validate import (
+    as_float_array,
+    as_targets,
+    check_positive_int,
+    check_same_batch,
+    check_targets,
+    sample_shapes,
+)
 
 
 def _check(model, loss, X, Y, chunk_size=None):
     X = as_float_array(X, "X")
-    Y = jnp.asarray(Y)
+    Y = as_targets(Y, "Y")
     _, out_shape, _ = sample_shapes(model, X)
     check_same_batch(X, Y)
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     loss_fn = get_loss(loss)
-    if isinstance(loss, str):  # a named loss: one target per output, never a broadcast
-        labels = loss == "cross_entropy" and jnp.issubdtype(Y.dtype, jnp.integer)
-        expected = out_shape[:-1] if labels else out_shape
-        if Y.shape[1:] != tuple(expected):
-            raise ValueError(
-                f"`Y` must have shape (batch, *{tuple(expected)}) for loss {loss!r} and a "
-                f"model output of shape {tuple(out_shape)}, got {Y.shape}."
-            )
+    check_targets(loss, Y, out_shape)
     return loss_fn, X, Y, chunk_size
 
 
@@ -55,7 +55,12 @@ def weight_grad(model: Any, loss: str | LossFn, X: Float[Array, "batch *in"], Y:
     - `loss`: `loss(y_pred, y_true) -> scalar` for one sample (optax losses work; an
         elementwise loss is summed over its elements), or a name: `"mse"`,
         `"half_squared_error"`, `"cross_entropy"`, `"binary_cross_entropy"`.
-    - `X`: inputs `(B, *in_shape)`; `Y`: targets with leading axis `B`.
+    - `X`: inputs `(B, *in_shape)`.
+    - `Y`: targets with leading axis `B`. For a named loss they must have the model's
+        output shape, `(B, *out_shape)`, or for `"cross_entropy"` may be integer class
+        labels `(B, *out_shape[:-1])` in `[0, out_shape[-1])`; a target that would
+        broadcast is refused. The targets of a callable loss are not checked (only the loss
+        knows what it expects).
 
     **Returns:**
 
@@ -106,6 +111,12 @@ def _ghost_sq_norms(model, chain, loss, X, Y):
     `‖∂ℓ/∂W‖² = ‖a‖² ‖δ‖²` and `‖∂ℓ/∂b‖² = ‖δ‖²` with `δ = ∂ℓ/∂z`."""
     B = X.shape[0]
     linears = [s for s in chain.steps if isinstance(s, LinearStep)]
+    # Work in the promoted dtype of inputs and parameters: with float32 `X` and a float64
+    # model, float32 perturbations would round every δ to float32.
+    dtype = jnp.result_type(
+        X.dtype, *[a.dtype for s in linears for a in (s.weight, s.bias) if a is not None]
+    )
+    X = X.astype(dtype)
 
     def run(eps):
         h = X.reshape(B, chain.in_width)  # not -1: B may be 0

@@ -99,3 +99,86 @@ def check_same_batch(X: jax.Array, Y: jax.Array, xname: str = "X", yname: str = 
             f"`{xname}` and `{yname}` must have the same batch size; got {xname} of shape "
             f"{X.shape} and {yname} of shape {Y.shape}."
         )
+
+
+def as_targets(Y: Any, argname: str = "Y") -> jax.Array:
+    """Convert targets to a JAX array; accept floating or integer dtypes only."""
+    if isinstance(Y, jax.Array | np.ndarray):
+        arr = Y
+    elif isinstance(Y, list | tuple | float | int) and not isinstance(Y, bool):
+        arr = np.asarray(Y)
+    else:
+        raise TypeError(f"`{argname}` must be an array, got {type(Y).__name__}.")
+    if not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)):
+        raise TypeError(f"`{argname}` must be floating point or integer, got dtype {arr.dtype}.")
+    return jnp.asarray(arr)
+
+
+def _batch_shape(shape: tuple[int, ...]) -> str:
+    return f"(batch{''.join(f', {d}' for d in shape)})" if shape else "(batch,)"
+
+
+def check_targets(
+    loss: Any,
+    Y: jax.Array,
+    out_shape: tuple[int, ...],
+    argname: str = "Y",
+    *,
+    kernel: bool = False,
+) -> None:
+    """Check a batch of targets `Y` against the model's per-sample output shape.
+
+    - A named loss (a key of `jacsens.LOSSES`, or that function itself) needs
+      `Y.shape[1:] == out_shape` whatever `Y`'s dtype, except that `"cross_entropy"` takes
+      integer class labels of shape `out_shape[:-1]`: a target that would broadcast against
+      the output is refused, since broadcasting silently fits the wrong target.
+    - `kernel=True` (a `loss_grad` of the hand-written kernel): `Y.shape[1:] == out_shape`,
+      or integer class labels of shape `out_shape[:-1]`.
+    - Any other callable loss cannot be checked here (its meaning of `Y` is its own).
+
+    Integer class labels, when concrete (not traced), must lie in `[0, out_shape[-1])`:
+    an out-of-range label would give NaN, or silently index from the end (`-1`), or
+    one-hot encode to zeros.
+    """
+    from ._losses import LOSSES
+
+    out_shape = tuple(out_shape)
+    if not isinstance(loss, str):
+        loss = next((name for name, fn in LOSSES.items() if fn is loss), None)
+    integer = jnp.issubdtype(Y.dtype, jnp.integer)
+    if kernel:
+        labels = integer and out_shape != () and Y.shape[1:] == out_shape[:-1]
+        what = "the kernel's `loss_grad`"
+    elif loss in LOSSES:
+        labels = loss == "cross_entropy" and integer
+        what = f"loss {loss!r}"
+    else:
+        return
+    if labels and out_shape == ():
+        raise ValueError(
+            f"`{argname}` holds integer class labels (dtype {Y.dtype}), but the model's output "
+            "is a scalar, with no class axis; give float targets of shape (batch,)."
+        )
+    expected = out_shape[:-1] if labels else out_shape
+    if Y.shape[1:] != expected:
+        alt = ""
+        if kernel and out_shape:
+            alt = f", or integer class labels of shape {_batch_shape(out_shape[:-1])}"
+        elif loss == "cross_entropy" and integer:
+            alt = " (integer class labels; cast one-hot targets to float)"
+        raise ValueError(
+            f"`{argname}` must have shape {_batch_shape(expected)}{alt} for {what} and a "
+            f"model output of shape {out_shape}, got {Y.shape}; broadcasting the two would "
+            "silently use the wrong target."
+        )
+    if labels and not isinstance(Y, jax.core.Tracer) and Y.size:
+        values = np.asarray(Y)
+        n_classes = out_shape[-1]
+        bad = (values < 0) | (values >= n_classes)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"`{argname}` must hold class labels in [0, {n_classes}) for a model output "
+                f"with {n_classes} classes, got {int(values[first])} at index "
+                f"{first if len(first) > 1 else first[0]}."
+            )

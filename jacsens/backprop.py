@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
 from ._chain import ActStep, Chain, ChainError, LinearStep, read_chain
-from ._validate import as_float_array, check_choice, check_same_batch
+from ._validate import as_float_array, as_targets, check_choice, check_same_batch, check_targets
 
 __all__ = [
     "Cache",
@@ -234,7 +234,9 @@ def weight_grads(
     - `model`: a model with a readable layer chain.
     - `loss_grad`: `(y_pred, y_true) -> ∂E/∂y_pred` for one sample, written in `jnp` (e.g.
         `squared_error_grad`, `softmax_cross_entropy_grad`).
-    - `X`: inputs `(B, *in_shape)`; `Y`: targets with leading axis `B`.
+    - `X`: inputs `(B, *in_shape)`.
+    - `Y`: targets `(B, *out_shape)`, or integer class labels `(B, *out_shape[:-1])` in
+        `[0, out_shape[-1])`; a target that would broadcast against the output is refused.
     - `reduction`: `"mean"` (matches `jacsens.weight_grad`), `"sum"`, or `"none"` for
         per-sample gradients with a leading batch axis.
 
@@ -243,13 +245,14 @@ def weight_grads(
     A pytree shaped like `eqx.filter(model, eqx.is_inexact_array)`.
     """
     X = as_float_array(X, "X")
-    Y = jnp.asarray(Y)
+    Y = as_targets(Y, "Y")
     chain = read_chain(model)
     if X.ndim < 1 or X.shape[1:] != chain.in_shape:
         raise ValueError(
             f"`X` must have shape (batch, *{chain.in_shape}) for this model, got {X.shape}."
         )
     check_same_batch(X, Y)
+    check_targets(loss_grad, Y, chain.out_shape, kernel=True)
     check_choice(reduction, "reduction", ("mean", "sum", "none"))
     if not callable(loss_grad):
         raise TypeError(f"`loss_grad` must be callable, got {type(loss_grad).__name__}.")

@@ -182,7 +182,7 @@ def test_bad_shapes(getkey):
         jacsens.fit(model, X, Y[:10], key=getkey())
     with pytest.raises(ValueError, match=r"X"):
         jacsens.fit(model, X[:, :2], Y, key=getkey())
-    with pytest.raises(ValueError, match="match the model's output"):
+    with pytest.raises(ValueError, match=r"`Y` must have shape \(batch,\) for loss 'mse'"):
         jacsens.fit(model, X, jnp.stack([Y, Y], axis=1), key=getkey())
     with pytest.raises(TypeError, match="model"):
         jacsens.fit(lambda x: x, X, Y, key=getkey())

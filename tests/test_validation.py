@@ -213,11 +213,12 @@ def test_targets(model, X):
             fn(model, "mse", X, jnp.zeros(()))
         # one target per output: a (3,) Y for a (2,) output would broadcast silently
         with pytest.raises(
-            ValueError, match=r"`Y` must have shape \(batch, \*\(2,\)\) for loss 'mse'.*got \(3,\)"
+            ValueError, match=r"`Y` must have shape \(batch, 2\) for loss 'mse'.*got \(3,\)"
         ):
             fn(model, "mse", X, jnp.zeros(3))
         with pytest.raises(
-            ValueError, match=r"`Y` must have shape \(batch, \*\(\)\) for loss 'cross_entropy'"
+            ValueError,
+            match=r"`Y` must have shape \(batch,\) \(integer class labels; cast one-hot",
         ):
             fn(model, "cross_entropy", X, jnp.zeros((3, 1), jnp.int32))
         with pytest.raises(
@@ -255,3 +256,117 @@ def test_errors_raised_at_trace_time(model, X):
         jax.jit(lambda X, V: jacsens.jvp(model, X, V))(X, jnp.zeros(4))
     with pytest.raises(ValueError, match="same batch size"):
         jax.jit(lambda X, Y: jacsens.weight_grad(model, "mse", X, Y))(X, jnp.zeros((2, 2)))
+
+
+# --- targets: one shared check (`_validate.check_targets`) for weight_grad & co., fit and
+# the kernel; model output (3,), 6 rows.
+
+
+@pytest.fixture
+def model3(getkey):
+    return random_mlp(getkey(), 4, (5,), 3, "tanh")
+
+
+@pytest.fixture
+def X6(getkey):
+    return random_inputs(getkey(), 6, (4,))
+
+
+def _target_users(model, X, key):
+    """Every public entry point that takes targets, as `f(loss, Y)`."""
+
+    def fit(loss, Y):
+        return jacsens.fit(model, X, Y, loss=loss, epochs=1, key=key, progress=False)
+
+    def kernel(loss, Y):
+        grad = {
+            "cross_entropy": jacsens.backprop.softmax_cross_entropy_grad,
+        }.get(loss, jacsens.backprop.squared_error_grad)
+        return jacsens.backprop.weight_grads(model, grad, X, Y)
+
+    return {
+        "weight_grad": lambda loss, Y: jacsens.weight_grad(model, loss, X, Y),
+        "per_sample_grads": lambda loss, Y: jacsens.per_sample_grads(model, loss, X, Y),
+        "per_sample_grad_norms": lambda loss, Y: jacsens.per_sample_grad_norms(model, loss, X, Y),
+        "fit": fit,
+        "kernel": kernel,
+    }
+
+
+@pytest.mark.parametrize(
+    "name", ["weight_grad", "per_sample_grads", "per_sample_grad_norms", "fit", "kernel"]
+)
+def test_targets_never_broadcast(model3, X6, getkey, name):
+    f = _target_users(model3, X6, getkey())[name]
+    bad = [
+        ("mse", jnp.zeros(6, jnp.int32)),  # integer targets: still one per output
+        ("mse", jnp.zeros(6)),
+        ("mse", jnp.zeros((6, 1))),
+        ("half_squared_error", jnp.zeros((6, 3, 1))),
+        ("binary_cross_entropy", jnp.zeros(6)),
+        ("binary_cross_entropy", jnp.zeros((6, 3), jnp.int32)[:, :1]),
+        ("cross_entropy", jnp.zeros((6, 3), jnp.int32)),  # integer one-hot: ambiguous
+        ("cross_entropy", jnp.zeros((6, 1))),
+    ]
+    for loss, Y in bad:
+        if name == "kernel" and (jnp.issubdtype(Y.dtype, jnp.integer) and Y.shape == (6, 3)):
+            continue  # the kernel takes integer targets of the output's shape
+        if name == "kernel" and jnp.issubdtype(Y.dtype, jnp.integer) and Y.shape == (6,):
+            continue  # ... and integer labels (checked below)
+        labels = loss == "cross_entropy" and jnp.issubdtype(Y.dtype, jnp.integer)
+        expected = "(batch,)" if labels else "(batch, 3)"
+        pattern = f"`Y` must have shape {re.escape(expected)}.*got {re.escape(str(Y.shape))}"
+        with pytest.raises(ValueError, match=pattern):
+            f(loss, Y)
+    # the right shapes are accepted: float targets, integer labels for cross-entropy
+    f("mse", jnp.zeros((6, 3)))
+    f("mse", jnp.zeros((6, 3), jnp.int32))
+    f("cross_entropy", jnp.array([0, 1, 2, 2, 1, 0]))
+    f("binary_cross_entropy", jnp.ones((6, 3)))
+
+
+def test_validation_targets_are_checked_in_fit(model3, X6, getkey):
+    fit = _target_users(model3, X6, getkey())["fit"]
+    with pytest.raises(ValueError, match=r"`validation\[1\]` must have shape \(batch, 3\)"):
+        jacsens.fit(
+            model3, X6, jnp.zeros((6, 3)), epochs=1, key=getkey(), validation=(X6, jnp.zeros(6))
+        )
+    # a callable loss cannot be checked: its own (scalar-per-sample) targets are accepted
+    fit(lambda y, t: jnp.sum((y - t) ** 2), jnp.zeros(6))
+
+
+@pytest.mark.parametrize(
+    "name", ["weight_grad", "per_sample_grads", "per_sample_grad_norms", "fit", "kernel"]
+)
+@pytest.mark.parametrize("label", [3, 5, -1])
+def test_class_labels_out_of_range(model3, X6, getkey, name, label):
+    f = _target_users(model3, X6, getkey())[name]
+    Y = jnp.array([0, 1, 2, label, 1, 0])
+    with pytest.raises(
+        ValueError,
+        match=rf"`Y` must hold class labels in \[0, 3\) for a model output with 3 classes, "
+        rf"got {label} at index 3",
+    ):
+        f("cross_entropy", Y)
+
+
+def test_class_labels_range_check_numbers(model3, X6):
+    # in range: the gradient is finite and equals the one-hot float targets' gradient
+    labels = jnp.array([0, 1, 2, 2, 1, 0])
+    onehot = jax.nn.one_hot(labels, 3, dtype=jnp.float64)
+    g_int = jacsens.weight_grad(model3, "cross_entropy", X6, labels)
+    g_hot = jacsens.weight_grad(model3, "cross_entropy", X6, onehot)
+    assert_close(g_int.layers[0].weight, g_hot.layers[0].weight, 1e-12)
+    k_int = jacsens.backprop.weight_grads(
+        model3, jacsens.backprop.softmax_cross_entropy_grad, X6, labels
+    )
+    assert_close(k_int.layers[0].weight, g_hot.layers[0].weight, 1e-12)
+    # labels under jit are not concrete: not range-checked there, but shapes still are
+    from jacsens._validate import check_targets
+
+    jax.jit(lambda Y: check_targets("cross_entropy", Y, (3,)) or Y)(labels + 5)
+    with pytest.raises(ValueError, match=r"no class axis"):
+        check_targets("cross_entropy", jnp.zeros(6, jnp.int32), ())
+    # the named function itself is recognised as the named loss
+    with pytest.raises(ValueError, match=r"for loss 'mse'"):
+        check_targets(jacsens.LOSSES["mse"], jnp.zeros(6), (3,))
