@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array
@@ -67,12 +67,13 @@ def get_loss(loss: str | LossFn, argname: str = "loss") -> LossFn:
     return _Summed(loss)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Summed:
+class _Summed(eqx.Module):
     """A user loss with its per-sample output summed to a scalar.
 
-    A frozen dataclass, so equal losses give equal (hashable) wrappers and jit caches
-    keyed on them are reused.
+    An `eqx.Module` holding the loss as a pytree field: array leaves inside the loss (an
+    `eqx.Module` loss with weights, a `functools.partial` over arrays) are traced by
+    `filter_jit`, while a plain function is a static leaf compared by identity, so jit
+    caches keyed on it are reused across calls.
     """
 
     loss: LossFn

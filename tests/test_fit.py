@@ -186,3 +186,48 @@ def test_bad_shapes(getkey):
         jacsens.fit(model, X, jnp.stack([Y, Y], axis=1), key=getkey())
     with pytest.raises(TypeError, match="model"):
         jacsens.fit(lambda x: x, X, Y, key=getkey())
+
+
+@pytest.mark.parametrize(
+    "stop", [True, np.True_, jnp.asarray(True), 1, np.asarray([True])], ids=repr
+)
+def test_callback_stops_on_any_truthy_answer(getkey, stop):
+    X, Y = _linear_problem(getkey(), n=16, d=3)
+    model = jacsens.MLP(3, (), "scalar", key=getkey(), dtype=jnp.float64)
+    seen = []
+
+    def stop_at_2(epoch, model, history):
+        seen.append(epoch)
+        return stop if epoch == 2 else np.False_
+
+    _, hist = jacsens.fit(
+        model, X, Y, optimizer=ADAM, epochs=10, key=getkey(), callbacks=[stop_at_2]
+    )
+    assert seen == [0, 1, 2] and hist.epochs == 3 and hist.stopped_early
+    # falsy answers (None, False, np.False_, jnp.asarray(False)) never stop
+    answers = iter([None, False, np.False_, jnp.asarray(False)])
+    _, hist = jacsens.fit(
+        model, X, Y, optimizer=ADAM, epochs=4, key=getkey(), callbacks=[lambda *a: next(answers)]
+    )
+    assert hist.epochs == 4 and not hist.stopped_early
+
+
+class _WeightedMSE(eqx.Module):
+    w: jax.Array
+
+    def __call__(self, y, t):
+        return jnp.sum(self.w * (y - t) ** 2)
+
+
+def test_fit_with_a_module_loss_holding_arrays(getkey):
+    # weights 2 on one output: the fitted linear model is the same, the loss doubles
+    X, Y = _linear_problem(getkey(), n=64, d=3)
+    model = jacsens.MLP(3, (), "scalar", key=getkey(), dtype=jnp.float64)
+    w = jnp.asarray(2.0)
+    opt = optax.adam(3e-2)
+    k = getkey()
+    m1, h1 = jacsens.fit(model, X, Y, loss=_WeightedMSE(w), optimizer=opt, epochs=3, key=k)
+    m2, h2 = jacsens.fit(model, X, Y, loss="mse", optimizer=opt, epochs=3, key=k)
+    # Adam is invariant to scaling the loss (up to its eps=1e-8): same parameters, twice the loss
+    np.testing.assert_allclose(np.asarray(h1.train_loss), 2 * np.asarray(h2.train_loss), rtol=1e-8)
+    np.testing.assert_allclose(m1.layers[0].weight, m2.layers[0].weight, rtol=1e-6)

@@ -222,3 +222,18 @@ def test_grads_under_jit(getkey):
         assert_close(a, b, 1e-13)
     ref = jacsens.per_sample_grad_norms(model, loss, X, Y, method="materialise")
     assert_close(norms, ref, 1e-12)
+
+
+def test_ghost_norms_float32_inputs_float64_model(getkey):
+    # float32 X with a float64 model: both paths work in float64 (the promoted dtype), so
+    # they agree to float64 round-off, not float32's ~1e-8
+    model = random_mlp(getkey(), 6, (16, 8), 3, "tanh")
+    X = random_inputs(getkey(), 10, (6,)).astype(jnp.float32)
+    Y = jax.random.normal(getkey(), (10, 3))
+    ghost = jacsens.per_sample_grad_norms(model, "mse", X, Y, method="ghost")
+    mat = jacsens.per_sample_grad_norms(model, "mse", X, Y, method="materialise")
+    assert ghost.dtype == mat.dtype == jnp.float64
+    assert_close(ghost, mat, 1e-12)
+    # and both equal the float64 computation on the (exactly representable) float32 inputs
+    ref = jacsens.per_sample_grad_norms(model, "mse", X.astype(jnp.float64), Y, method="ghost")
+    assert_close(ghost, ref, 1e-12)
