@@ -21,6 +21,7 @@ from ._atomic import atomic_write_json
 
 PROG = "jacsens"
 MODEL_FILE = "model.jsns"
+DIABETES_SOURCE = "jacsens.datasets.diabetes (scikit-learn bundled data)"
 
 
 class CLIError(Exception):
@@ -137,7 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument(
         "--model",
         metavar="FILE",
-        help="analyse a saved model (written by jacsens.save) instead of fitting one",
+        help="analyse a saved model (written by jacsens.save) instead of fitting one; if "
+        "its folder holds the summary.json written when it was fitted (jacsens fit/analyze), "
+        "that fit's standardisation and train/test split are reused, otherwise R² is "
+        "reported on all rows",
     )
     analyze.add_argument(
         "--chunk-size",
@@ -196,9 +200,11 @@ class _Data:
     target_name: str
     source: str
     standardisation: dict[str, Any] | None
+    # True when `standardisation` is the one saved with the model (not recomputed here).
+    saved_standardisation: bool = False
 
 
-def _read_csv(path: str, target: str, raw: bool) -> _Data:
+def _read_csv(path: str, target: str, raw: bool, saved: dict[str, Any] | None = None) -> _Data:
     import pandas as pd
 
     if not os.path.isfile(path):
@@ -230,7 +236,16 @@ def _read_csv(path: str, target: str, raw: bool) -> _Data:
     X = frame[features].to_numpy(dtype=np.float64)
     y = frame[target].to_numpy(dtype=np.float64)
     standardisation = None
-    if not raw:
+    reuse = saved is not None and saved["features"] == [str(f) for f in features]
+    reuse = reuse and saved["target"] == str(target)
+    if reuse:
+        # The model was fitted on data standardised with these constants: apply them, not
+        # the current file's own mean and std (and not --raw).
+        standardisation = saved["standardisation"]
+        if standardisation is not None:
+            X = (X - np.asarray(standardisation["x_mean"])) / np.asarray(standardisation["x_std"])
+            y = (y - standardisation["y_mean"]) / standardisation["y_std"]
+    elif not raw:
         x_mean, x_std = X.mean(axis=0), X.std(axis=0)
         y_mean, y_std = float(y.mean()), float(y.std())
         const = [f for f, s in zip(features, x_std, strict=True) if s == 0]
@@ -253,10 +268,13 @@ def _read_csv(path: str, target: str, raw: bool) -> _Data:
         str(target),
         os.path.abspath(path),
         standardisation,
+        reuse,
     )
 
 
-def _load_data(args) -> _Data:
+def _load_data(args, saved: dict[str, Any] | None = None) -> _Data:
+    """The data of `--data`/`--target` (default: diabetes); `saved` is `_saved_fit`'s record
+    of the model's fit, whose standardisation is reused when its columns match."""
     if args.data is None:
         if args.target is not None:
             raise CLIError("--target needs --data FILE.csv")
@@ -266,22 +284,63 @@ def _load_data(args) -> _Data:
             d = datasets.diabetes()
         except ImportError as e:
             raise CLIError(str(e)) from None
+        source = DIABETES_SOURCE
+        # The bundled data's standardisation is fixed, so a model fitted on it saw the same.
         return _Data(
             d.X,
             d.y,
             d.feature_names,
             d.target_name,
-            "jacsens.datasets.diabetes (scikit-learn bundled data)",
+            source,
             {
                 "x_mean": d.x_mean.tolist(),
                 "x_std": d.x_std.tolist(),
                 "y_mean": d.y_mean,
                 "y_std": d.y_std,
             },
+            saved is not None and saved["source"] == source,
         )
     if args.target is None:
         raise CLIError("--data needs --target COLUMN (the column to predict)")
-    return _read_csv(args.data, args.target, args.raw)
+    return _read_csv(args.data, args.target, args.raw, saved)
+
+
+def _saved_fit(model_path: str) -> dict[str, Any] | None:
+    """What `jacsens fit`/`analyze` recorded about a saved model's fit, if anything.
+
+    Reads `summary.json` in the model's folder; returns `None` unless it records the split
+    of this very model file (its `split.model_file`), with the data's source, columns,
+    standardisation and row count.
+    """
+    import json
+
+    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "summary.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+        data, split = summary["data"], summary["split"]
+        record = {
+            "summary": path,
+            "source": str(data["source"]),
+            "features": [str(c) for c in data["features"]],
+            "target": str(data["target"]),
+            "standardisation": data["standardisation"],
+            "n_rows": int(split["n_rows"]),
+            "seed": int(split["seed"]),
+            "test_fraction": float(split["test_fraction"]),
+        }
+        if split["model_file"] != os.path.basename(model_path):
+            return None
+        st = record["standardisation"]
+        if st is not None and not (
+            isinstance(st, dict)
+            and all(k in st for k in ("x_mean", "x_std", "y_mean", "y_std"))
+            and len(st["x_mean"]) == len(st["x_std"]) == len(record["features"])
+        ):
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return record
 
 
 def _load_model(path: str):
@@ -342,31 +401,73 @@ def _check_model_input(model, n_features: int, source: str) -> None:
         )
 
 
-def _fit_or_load(args, data: _Data, timings: dict[str, float]):
+def _split(data: _Data, seed: int, test_fraction: float):
+    """The train/test split of `seed` (the first of three keys split from it) and
+    `test_fraction`; at least two test rows, or the test R² is undefined."""
+    import jax
+
+    from . import datasets
+
+    k_split = jax.random.split(jax.random.key(seed), 3)[0]
+    try:
+        train, test = datasets.train_test_split((data.X, data.y), test_fraction, key=k_split)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    if len(test[1]) < 2:
+        raise CLIError(
+            f"--test-fraction {test_fraction} of {len(data.y)} rows leaves {len(test[1])} test "
+            "row; at least 2 are needed for a test R² (raise --test-fraction or add rows)"
+        )
+    return train, test
+
+
+def _fit_or_load(args, data: _Data, timings: dict[str, float], saved: dict[str, Any] | None):
+    """Fit a model (or load `--model`) and evaluate it.
+
+    Returns `(model, info, metrics, line)`: training details, the R² values with what they
+    were computed on, and the line printed about them. A loaded model is scored on the
+    train/test split it was fitted on when `saved` (see `_saved_fit`) matches the data;
+    otherwise on all rows, labelled as such (its training rows are unknown).
+    """
     import jax
     import optax
 
     import jacsens
 
-    from . import datasets
-
-    key = jax.random.key(args.seed)
-    k_split, k_init, k_fit = jax.random.split(key, 3)
-    try:
-        (X_tr, y_tr), (X_te, y_te) = datasets.train_test_split(
-            (data.X, data.y), args.test_fraction, key=k_split
-        )
-    except ValueError as e:
-        raise CLIError(str(e)) from None
-    info: dict[str, Any] = {"n_train": int(len(y_tr)), "n_test": int(len(y_te))}
+    n_rows = int(len(data.y))
     if getattr(args, "model", None):
         model = _load_model(args.model)
         _check_model_input(model, data.X.shape[1], data.source)
-        info["model_file"] = os.path.abspath(args.model)
-        info["fitted"] = False
+        info: dict[str, Any] = {"model_file": os.path.abspath(args.model), "fitted": False}
+        same_data = (
+            saved is not None
+            and data.saved_standardisation
+            and saved["source"] == data.source
+            and saved["n_rows"] == n_rows
+        )
+        if same_data:
+            seed, fraction = saved["seed"], saved["test_fraction"]
+            (X_tr, y_tr), (X_te, y_te) = _split(data, seed, fraction)
+            info["fit_summary"] = saved["summary"]
+            info["split"] = {
+                "seed": seed,
+                "test_fraction": fraction,
+                "n_rows": n_rows,
+                "model_file": os.path.basename(args.model),
+            }
+            info.update(n_train=int(len(y_tr)), n_test=int(len(y_te)))
+            evaluated_on = "the train/test split the model was fitted on (from its summary.json)"
+        else:
+            X_tr = y_tr = X_te = y_te = None
+            evaluated_on = "all rows (model fitted elsewhere: its training rows are unknown)"
+            if data.saved_standardisation:
+                info["fit_summary"] = saved["summary"]
     else:
         if not args.lr > 0:
             raise CLIError(f"--lr must be positive, got {args.lr}")
+        (X_tr, y_tr), (X_te, y_te) = _split(data, args.seed, args.test_fraction)
+        _, k_init, k_fit = jax.random.split(jax.random.key(args.seed), 3)
+        info = {"n_train": int(len(y_tr)), "n_test": int(len(y_te))}
         model = jacsens.MLP(data.X.shape[1], args.hidden, "scalar", args.activation, key=k_init)
         _say(
             args,
@@ -396,12 +497,33 @@ def _fit_or_load(args, data: _Data, timings: dict[str, float]):
             final_train_loss=history.train_loss[-1],
             final_test_loss=history.val_loss[-1],
         )
+        info["split"] = {
+            "seed": args.seed,
+            "test_fraction": args.test_fraction,
+            "n_rows": n_rows,
+            "model_file": MODEL_FILE,
+        }
+        evaluated_on = "held-out test rows of this fit"
     t0 = time.perf_counter()
     predict = jax.jit(lambda X: jax.vmap(model)(X).reshape(X.shape[0]))
-    info["train_r2"] = _r2(y_tr.astype(np.float64), np.asarray(predict(X_tr), np.float64))
-    info["test_r2"] = _r2(y_te.astype(np.float64), np.asarray(predict(X_te), np.float64))
+
+    def r2(X, y):
+        return _r2(y.astype(np.float64), np.asarray(predict(X), np.float64))
+
+    if X_te is None:
+        metrics = {"r2_all_rows": r2(data.X, data.y), "evaluated_on": evaluated_on}
+        line = f"R² on all rows (model fitted elsewhere) = {metrics['r2_all_rows']:.3f}"
+    else:
+        metrics = {
+            "train_r2": r2(X_tr, y_tr),
+            "test_r2": r2(X_te, y_te),
+            "evaluated_on": evaluated_on,
+        }
+        line = f"Test R² = {metrics['test_r2']:.3f} (train {metrics['train_r2']:.3f})"
+        if not info["fitted"]:
+            line += "; on the split the model was fitted on"
     timings["evaluate_s"] = time.perf_counter() - t0
-    return model, info
+    return model, info, metrics, line
 
 
 def _prepare_out(path: str) -> str:
@@ -438,11 +560,14 @@ def cmd_analyze(args) -> int:
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    data = _load_data(args)
+    saved = _saved_fit(args.model) if args.model else None
+    data = _load_data(args, saved)
     timings["data_s"] = time.perf_counter() - t_start
     out = _prepare_out(args.out)
-    model, info = _fit_or_load(args, data, timings)
-    _say(args, f"Test R² = {info['test_r2']:.3f} (train {info['train_r2']:.3f})")
+    model, info, metrics, line = _fit_or_load(args, data, timings, saved)
+    if data.saved_standardisation:
+        line += f"\n(standardisation as saved with the model, in {saved['summary']})"
+    _say(args, line)
 
     t0 = time.perf_counter()
     result = jacsens.sensitivity(
@@ -499,7 +624,8 @@ def cmd_analyze(args) -> int:
             "standardisation": data.standardisation,
         },
         "model": _model_shape(model),
-        "metrics": {k: info.pop(k) for k in ("train_r2", "test_r2")},
+        "metrics": metrics,
+        "split": info.pop("split", None),
         "training": info,
         "sensitivity": {
             "n": result.n,
@@ -528,7 +654,7 @@ def cmd_fit(args) -> int:
     timings: dict[str, float] = {}
     data = _load_data(args)
     out = _prepare_out(args.out)
-    model, info = _fit_or_load(args, data, timings)
+    model, info, metrics, line = _fit_or_load(args, data, timings, None)
     path = os.path.join(out, MODEL_FILE)
     jacsens.save(path, model)
     timings["total_s"] = time.perf_counter() - t_start
@@ -541,16 +667,15 @@ def cmd_fit(args) -> int:
             "standardisation": data.standardisation,
         },
         "model": _model_shape(model),
-        "metrics": {k: info.pop(k) for k in ("train_r2", "test_r2")},
+        "metrics": metrics,
+        "split": info.pop("split"),
         "training": info,
         "timings": timings,
         "seed": args.seed,
+        "files": {"model": MODEL_FILE, "summary": "summary.json"},
     }
     atomic_write_json(os.path.join(out, "summary.json"), summary)
-    _say(
-        args,
-        f"Test R² = {summary['metrics']['test_r2']:.3f}; model written to {path}",
-    )
+    _say(args, f"{line}; model written to {path}")
     return 0
 
 

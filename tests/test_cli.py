@@ -91,7 +91,11 @@ def test_analyze_csv_with_saved_model_gives_exact_sensitivities(linear_csv, tmp_
     np.testing.assert_allclose(frame.loc[["a", "b", "c"], "dgsm"], w**2, rtol=1e-6)
     np.testing.assert_allclose(frame["std"], 0, atol=1e-6)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["metrics"]["test_r2"] == pytest.approx(1.0, abs=1e-6)  # exact model
+    # No summary.json beside the model: its training rows are unknown, so R² is over all
+    # rows and labelled so (no "test" R²).
+    assert summary["metrics"]["r2_all_rows"] == pytest.approx(1.0, abs=1e-6)  # exact model
+    assert "test_r2" not in summary["metrics"]
+    assert summary["metrics"]["evaluated_on"].startswith("all rows (model fitted elsewhere")
     assert summary["sensitivity"]["ranking_by_mean_abs"] == ["a", "b", "c"]
     assert summary["training"]["fitted"] is False
     assert "model.jsns" not in os.listdir(out)  # nothing was fitted, nothing re-saved
@@ -199,3 +203,88 @@ def test_subprocess_smoke(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip() == "jacsens: error: data file 'absent.csv' does not exist"
     assert "Traceback" not in bad.stderr
+
+
+def test_analyze_without_fit_summary_says_r2_is_on_all_rows(linear_csv, tmp_path, capsys):
+    data, model_path, _ = linear_csv
+    argv = ["analyze", "--data", str(data), "--target", "y", "--model", str(model_path), "--raw"]
+    assert cli.main([*argv, "--out", str(tmp_path / "rep")]) == 0
+    stdout = capsys.readouterr().out
+    assert "R² on all rows (model fitted elsewhere) = 1.000" in stdout
+    assert "Test R²" not in stdout
+
+
+def test_analyze_saved_model_reuses_its_split_and_standardisation(linear_csv, tmp_path, capsys):
+    data, _, _ = linear_csv
+    fitted = tmp_path / "fitted"
+    common = ["--data", str(data), "--target", "y", "--hidden", "4", "--epochs", "3"]
+    assert (
+        cli.main(["fit", *common, "--seed", "3", "--test-fraction", "0.3", "--out", str(fitted)])
+        == 0
+    )
+    fit_summary = json.loads((fitted / "summary.json").read_text())
+    assert fit_summary["split"] == {
+        "seed": 3,
+        "test_fraction": 0.3,
+        "n_rows": 50,
+        "model_file": "model.jsns",
+    }
+    frame = pd.read_csv(data)
+    capsys.readouterr()
+    rep = tmp_path / "rep"
+    argv = ["analyze", "--data", str(data), "--target", "y", "--model", str(fitted / "model.jsns")]
+    # another --seed, --test-fraction or --raw on the command line changes neither the
+    # split nor the standardisation: those of the fit are reused
+    more = ["--seed", "0", "--test-fraction", "0.5", "--raw", "--out", str(rep)]
+    assert cli.main([*argv, *more]) == 0
+    stdout = capsys.readouterr().out
+    summary = json.loads((rep / "summary.json").read_text())
+    assert summary["metrics"]["test_r2"] == pytest.approx(
+        fit_summary["metrics"]["test_r2"], abs=1e-12
+    )
+    assert summary["metrics"]["train_r2"] == pytest.approx(
+        fit_summary["metrics"]["train_r2"], abs=1e-12
+    )
+    assert summary["training"]["n_test"] == 15 and summary["training"]["n_train"] == 35
+    assert summary["data"]["standardisation"] == fit_summary["data"]["standardisation"]
+    assert summary["split"]["seed"] == 3
+    assert f"Test R² = {summary['metrics']['test_r2']:.3f}" in stdout
+    assert "split the model was fitted on" in stdout and "standardisation as saved" in stdout
+
+    # Same columns, other rows: the saved standardisation is applied (not the new file's
+    # own), but the split is unknown, so R² is over all rows.
+    other = frame.iloc[:40].copy()
+    other["y"] = other["y"] * 10.0  # its own mean and std differ from the fitted data's
+    other_path = tmp_path / "other.csv"
+    other.to_csv(other_path, index=False)
+    argv2 = ["analyze", "--data", str(other_path), "--target", "y"]
+    assert (
+        cli.main([*argv2, "--model", str(fitted / "model.jsns"), "--out", str(tmp_path / "o2")])
+        == 0
+    )
+    s2 = json.loads((tmp_path / "o2" / "summary.json").read_text())
+    assert s2["data"]["standardisation"] == fit_summary["data"]["standardisation"]
+    assert "r2_all_rows" in s2["metrics"] and "test_r2" not in s2["metrics"]
+    # the R² reported is that of the model's predictions under the saved standardisation
+    st = fit_summary["data"]["standardisation"]
+    model = jacsens.load(fitted / "model.jsns")
+    Xs = (other[["a", "b", "c"]].to_numpy() - st["x_mean"]) / st["x_std"]
+    ys = (other["y"].to_numpy() - st["y_mean"]) / st["y_std"]
+    pred = np.asarray(jax.vmap(model)(jnp.asarray(Xs, jnp.float32))).reshape(-1)
+    r2 = 1 - np.sum((ys - pred) ** 2) / np.sum((ys - ys.mean()) ** 2)
+    assert s2["metrics"]["r2_all_rows"] == pytest.approx(r2, rel=1e-5)
+
+
+def test_fewer_than_two_test_rows_is_an_error(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(rng.normal(size=(6, 3)), columns=["a", "b", "y"])
+    path = tmp_path / "tiny.csv"
+    frame.to_csv(path, index=False)
+    for cmd in ("fit", "analyze"):
+        argv = [cmd, "--data", str(path), "--target", "y", "--epochs", "1"]
+        assert cli.main([*argv, "--out", str(tmp_path / cmd)]) == 2  # 0.2 * 6 -> 1 test row
+        line = _error_line(capsys)
+        assert "leaves 1 test row; at least 2 are needed for a test R²" in line
+        assert cli.main([*argv, "--test-fraction", "0.34", "--out", str(tmp_path / cmd)]) == 0
+        summary = json.loads((tmp_path / cmd / "summary.json").read_text())
+        assert summary["training"]["n_test"] == 2 and np.isfinite(summary["metrics"]["test_r2"])
