@@ -1,8 +1,10 @@
 """Input samplers that generate data chunk by chunk, for streaming sensitivity analysis.
 
-A sampler never holds its `n` samples: chunk `i` of size `c` is drawn from
-`jax.random.fold_in(key, i)`, so any chunk can be regenerated on its own (which is what
-makes resuming an interrupted run exact) and memory does not grow with `n`.
+A sampler never holds its `n` samples: row `r` of the stream is drawn from its own key,
+`fold_in(fold_in(key, r // 2**32), r % 2**32)`, so any block of rows can be regenerated on
+its own (which is what makes resuming an interrupted run exact), memory does not grow with
+`n`, and the samples do not depend on how the stream is cut into chunks (`chunk_size`, the
+number of devices).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class Sampler(eqx.Module):
     - `n`: total number of samples.
     - `in_shape`: shape of one sample.
     - `dtype`: dtype of the samples.
-    - `key`: the PRNG key; chunk `i` uses `fold_in(key, i)`.
+    - `key`: the PRNG key; row `r` uses `fold_in(fold_in(key, r // 2**32), r % 2**32)`.
     - `params`: distribution parameters (arrays of shape `in_shape`).
     - `kind`: the distribution's name (`"uniform"`, `"normal"`).
     """
@@ -53,14 +55,39 @@ class Sampler(eqx.Module):
     key: PRNGKeyArray
     params: tuple[Array, ...]
 
-    def chunk(self, index: int | Array, size: int) -> Float[Array, "size *in"]:
-        """Draw chunk `index` of `size` samples (the rows `index*size ...` of the stream).
+    def rows(self, start: int, size: int) -> Float[Array, "size *in"]:
+        """Draw the rows `start, ..., start + size - 1` of the stream.
 
-        Rows beyond `n` are drawn too (the caller masks them): every chunk has shape
-        `(size, *in_shape)`, so one compiled function serves the whole stream.
+        Each row comes from its own key, so a row is the same whichever block it is
+        drawn in. Rows beyond `n` are drawn too (the caller masks them): every block has
+        shape `(size, *in_shape)`, so one compiled function serves the whole stream.
         """
-        index = jnp.asarray(index, jnp.uint32)
-        return _draw(self.kind, self.in_shape, self.dtype, self.key, self.params, index, size)
+        if isinstance(start, bool) or not isinstance(start, int | np.integer) or start < 0:
+            raise ValueError(f"`start` must be an int >= 0, got {start!r}.")
+        start = int(start)
+        hi, lo = divmod(start, 2**32)
+        return _draw(
+            self.kind,
+            self.in_shape,
+            self.dtype,
+            self.key,
+            self.params,
+            jnp.asarray(hi, jnp.uint32),
+            jnp.asarray(lo, jnp.uint32),
+            int(size),
+        )
+
+    def chunk(self, index: int, size: int) -> Float[Array, "size *in"]:
+        """Draw chunk `index` of `size` samples: the rows `index*size ... (index+1)*size - 1`.
+
+        Equal to `self.rows(index * size, size)`; the values of a row do not depend on
+        `size`.
+        """
+        if isinstance(index, jax.Array):
+            index = int(index)
+        if isinstance(index, bool) or not isinstance(index, int | np.integer) or index < 0:
+            raise ValueError(f"`index` must be an int >= 0, got {index!r}.")
+        return self.rows(int(index) * int(size), size)
 
     def __len__(self) -> int:
         return self.n
@@ -75,10 +102,18 @@ _DRAWERS: dict[str, Callable] = {
 
 
 @eqx.filter_jit
-def _draw(kind, in_shape, dtype, key, params, index, size: int):
-    # `n` is not an argument: samplers of any length share one compiled function
-    k = jax.random.fold_in(key, index)
-    return _DRAWERS[kind](k, (size, *in_shape), dtype, *params)
+def _draw(kind, in_shape, dtype, key, params, start_hi, start_lo, size: int):
+    # `n` is not an argument: samplers of any length share one compiled function.
+    # Row r = start + j, as a 64-bit number split into two uint32 words (no x64 needed).
+    j = jnp.arange(size, dtype=jnp.uint32)
+    lo = start_lo + j  # wraps modulo 2**32
+    hi = start_hi + (lo < start_lo).astype(jnp.uint32)  # carry
+
+    def one(hi_word, lo_word):
+        k = jax.random.fold_in(jax.random.fold_in(key, hi_word), lo_word)
+        return _DRAWERS[kind](k, in_shape, dtype, *params)
+
+    return jax.vmap(one)(hi, lo)
 
 
 def _float_dtype(dtype: Any) -> Any:
@@ -102,7 +137,8 @@ def uniform(
     **Arguments:**
 
     - `bounds`: `(in, 2)` array of `[low, high]` rows, one per input feature (or
-        `(*in_shape, 2)` for multi-dimensional inputs). Every `low < high`.
+        `(*in_shape, 2)` for multi-dimensional inputs; a single `[low, high]` of shape
+        `(2,)` for a model with scalar input, `in_shape = ()`). Every `low < high`.
     - `n`: number of samples.
     - `key`: a JAX PRNG key.
     - `dtype`: sample dtype (default: JAX's default float).
@@ -120,20 +156,21 @@ def uniform(
     key = _as_key(key)
     dtype = _float_dtype(dtype)
     b = np.asarray(bounds, dtype=np.float64)
-    if b.ndim < 2 or b.shape[-1] != 2:
+    if b.ndim < 1 or b.shape[-1] != 2:
         raise ValueError(
-            f"`bounds` must have shape (n_in, 2) with rows [low, high], got shape {b.shape}."
+            "`bounds` must have shape (n_in, 2) with rows [low, high] (or (2,) for a scalar "
+            f"input), got shape {b.shape}."
         )
     if not np.all(np.isfinite(b)):
         raise ValueError("`bounds` must be finite.")
     lo, hi = b[..., 0], b[..., 1]
-    bad = np.argwhere(~(lo < hi))
+    bad = np.argwhere(np.atleast_1d(~(lo < hi)))
     if bad.size:
-        i = tuple(int(v) for v in bad[0])
-        idx = i[0] if len(i) == 1 else i
+        i = tuple(int(v) for v in bad[0]) if lo.ndim else ()
+        what = "the scalar input" if not i else f"input {i[0] if len(i) == 1 else i}"
         raise ValueError(
-            f"`bounds` must have low < high for every input; input {idx} has "
-            f"low={lo[i]!r} >= high={hi[i]!r}."
+            f"`bounds` must have low < high for every input; {what} has "
+            f"low={float(lo[i])!r} >= high={float(hi[i])!r}."
         )
     params = (jnp.asarray(lo, dtype), jnp.asarray(hi, dtype))
     return Sampler(n, tuple(lo.shape), dtype, "uniform", key, params)
@@ -151,7 +188,8 @@ def normal(
 
     **Arguments:**
 
-    - `mean`: per-feature means, shape `in_shape` (or `(in,)`).
+    - `mean`: per-feature means, shape `in_shape` (or `(in,)`; a scalar for a model with
+        scalar input, `in_shape = ()`).
     - `std`: per-feature standard deviations, broadcastable to `mean`, all `> 0`.
     - `n`: number of samples.
     - `key`: a JAX PRNG key.
@@ -170,8 +208,6 @@ def normal(
     key = _as_key(key)
     dtype = _float_dtype(dtype)
     m = np.asarray(mean, dtype=np.float64)
-    if m.ndim < 1:
-        raise ValueError(f"`mean` must have one entry per input feature, got shape {m.shape}.")
     try:
         s = np.broadcast_to(np.asarray(std, dtype=np.float64), m.shape)
     except ValueError as e:

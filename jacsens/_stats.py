@@ -4,9 +4,11 @@ A `StreamingStats` holds, for every element of a fixed-shape quantity `g` (for e
 Jacobian entry `∂y_o/∂x_i`), the count and the central moments needed for the mean, mean
 `|g|`, mean `g²`, variance and max `|g|`, and for the standard error of each. States combine
 with the pairwise update of Chan et al. (extended to third and fourth moments by Pébay), so
-that any split of the data, merged in any grouping, gives the one-pass result to
-floating-point round-off. That is what makes chunking, multi-device reduction and
-checkpoint/resume exact.
+that any split of the data, merged in any grouping, gives the one-pass result up to the
+round-off of the dtype the states are computed in (the batch's dtype on the device, float64
+on the host). That is what lets chunking and multi-device reduction reproduce the one-pass
+result to that round-off, and checkpoint/resume (which repeats the same chunks) reproduce an
+uninterrupted run exactly.
 
 The functions follow optax's `init`/`update` pattern:
 
