@@ -7,6 +7,7 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array
 
 LossFn = Callable[[Array, Array], Array]
@@ -25,11 +26,21 @@ def half_squared_error(y_pred: Array, y_true: Array) -> Array:
 def cross_entropy(logits: Array, y_true: Array) -> Array:
     """Softmax cross-entropy of one sample.
 
-    `y_true` is an integer class label (shape `()`) or a probability vector (one-hot or
-    soft labels, the shape of `logits`).
+    `y_true` is an integer class label (shape `()`, in `[0, logits.shape[-1])`; checked when
+    it is concrete, i.e. outside `jit`/`vmap`) or a probability vector (one-hot or soft
+    labels, the shape of `logits`).
     """
+    y_true = jnp.asarray(y_true)
     logp = jax.nn.log_softmax(logits, axis=-1)
     if jnp.issubdtype(y_true.dtype, jnp.integer):
+        if not isinstance(y_true, jax.core.Tracer):  # concrete labels: check the range
+            n = logits.shape[-1]
+            labels = np.asarray(y_true)
+            if labels.size and (labels.min() < 0 or labels.max() >= n):
+                bad = labels.min() if labels.min() < 0 else labels.max()
+                raise ValueError(
+                    f"`y_true` must be a class label in [0, {n}) for {n} logits, got {bad}."
+                )
         return -jnp.take_along_axis(logp, y_true[..., None], axis=-1)[..., 0]
     return -jnp.sum(y_true * logp, axis=-1)
 

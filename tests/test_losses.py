@@ -85,3 +85,14 @@ def test_elementwise_callable_is_summed_and_named_losses_closed_form():
     assert float(get_loss("half_squared_error")(y, t)) == pytest.approx(5.0)
     logits = jnp.array([0.0, np.log(3.0), 0.0])  # softmax = (1, 3, 1) / 5
     assert float(get_loss("cross_entropy")(logits, jnp.array(1))) == pytest.approx(np.log(5 / 3))
+
+
+def test_cross_entropy_label_out_of_range():
+    logits = jnp.array([0.0, np.log(3.0), 0.0])
+    ce = jacsens.LOSSES["cross_entropy"]
+    for label in (3, 5, -1):
+        with pytest.raises(ValueError, match=rf"class label in \[0, 3\) for 3 logits, got {label}"):
+            ce(logits, jnp.array(label))
+    assert float(ce(logits, 2)) == pytest.approx(np.log(5.0))  # a Python int label works
+    # under jit the label is traced: no check (fit and weight_grad check the batch up front)
+    assert np.isfinite(float(jax.jit(ce)(logits, jnp.array(0))))
