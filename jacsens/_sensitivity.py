@@ -396,16 +396,25 @@ class _IterableSource(_Source):
             if skip:
                 drop = min(skip, b.shape[0])
                 b, skip = b[drop:], skip - drop
-            if b.shape[0] == 0:
-                continue
-            buf.append(b)
-            held += b.shape[0]
-            while held >= chunk_size:
-                whole = np.concatenate(buf)
-                yield index, whole[:chunk_size], chunk_size
+            # Fill the pending chunk from `b`, then emit whole chunks as views of `b`: each
+            # row is copied at most once (by the concatenate of a chunk spanning batches).
+            if buf:
+                take = min(chunk_size - held, b.shape[0])
+                buf.append(b[:take])
+                held += take
+                b = b[take:]
+                if held < chunk_size:
+                    continue
+                yield index, np.concatenate(buf), chunk_size
                 index += 1
-                rest = whole[chunk_size:]
-                buf, held = ([rest] if rest.shape[0] else []), rest.shape[0]
+                buf, held = [], 0
+            full = b.shape[0] // chunk_size
+            for k in range(full):
+                yield index, b[k * chunk_size : (k + 1) * chunk_size], chunk_size
+                index += 1
+            rest = b[full * chunk_size :]
+            if rest.shape[0]:
+                buf, held = [rest], rest.shape[0]
         if total == 0:
             raise ValueError("`data` is empty: its batches hold 0 samples.")
         if held:
@@ -763,6 +772,8 @@ def sensitivity(
             "n_total": source.n,
             "interactions": interactions,
             "mode": used_mode,
+            # rows omitted under "omit" must not reappear in a result asked for with "raise"
+            "nan_policy": nan_policy,
             "model": _model_fingerprint(model),
             "data": _fingerprint(source),
         }

@@ -133,7 +133,8 @@ def check_targets(
       integer class labels of shape `out_shape[:-1]`: a target that would broadcast against
       the output is refused, since broadcasting silently fits the wrong target.
     - `kernel=True` (a `loss_grad` of the hand-written kernel): `Y.shape[1:] == out_shape`,
-      or integer class labels of shape `out_shape[:-1]`.
+      or, for `backprop.softmax_cross_entropy_grad` only, integer class labels of shape
+      `out_shape[:-1]`.
     - Any other callable loss cannot be checked here (its meaning of `Y` is its own).
 
     Integer class labels, when concrete (not traced), must lie in `[0, out_shape[-1])`:
@@ -143,11 +144,17 @@ def check_targets(
     from ._losses import LOSSES
 
     out_shape = tuple(out_shape)
+    loss_fn = loss
     if not isinstance(loss, str):
         loss = next((name for name, fn in LOSSES.items() if fn is loss), None)
     integer = jnp.issubdtype(Y.dtype, jnp.integer)
     if kernel:
-        labels = integer and out_shape != () and Y.shape[1:] == out_shape[:-1]
+        # Only the softmax cross-entropy gradient takes class labels; any other `loss_grad`
+        # (e.g. `y_pred - y_true`) would broadcast them.
+        from .backprop import softmax_cross_entropy_grad
+
+        takes_labels = loss_fn is softmax_cross_entropy_grad
+        labels = takes_labels and integer and out_shape != () and Y.shape[1:] == out_shape[:-1]
         what = "the kernel's `loss_grad`"
     elif loss in LOSSES:
         labels = loss == "cross_entropy" and integer
@@ -162,7 +169,7 @@ def check_targets(
     expected = out_shape[:-1] if labels else out_shape
     if Y.shape[1:] != expected:
         alt = ""
-        if kernel and out_shape:
+        if kernel and takes_labels and out_shape:
             alt = f", or integer class labels of shape {_batch_shape(out_shape[:-1])}"
         elif loss == "cross_entropy" and integer:
             alt = " (integer class labels; cast one-hot targets to float)"

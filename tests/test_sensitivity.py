@@ -576,3 +576,33 @@ def test_progress_bar_in_a_terminal(seed_net, monkeypatch, capsys):
     assert "300" in capsys.readouterr().err
     jacsens.sensitivity(seed_net, np.zeros((300, 52)), chunk_size=100, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_iterable_chunking_copies_each_row_once():
+    """Re-chunking an iterable slices views of big batches (it used to re-concatenate the
+    whole remaining buffer after every chunk: quadratic in the batch size)."""
+    from jacsens._sensitivity import _IterableSource
+
+    X = np.arange(10_007 * 3, dtype=np.float32).reshape(10_007, 3)
+    batches = [X[:5], X[5:4000], X[4000:4001], X[4001:]]
+    chunks = list(_IterableSource(batches).chunks(64, 0))
+    assert [n for _, _, n in chunks] == [64] * (10_007 // 64) + [10_007 % 64]
+    assert [i for i, _, _ in chunks] == list(range(len(chunks)))
+    got = np.concatenate([c[:n] for _, c, n in chunks])
+    np.testing.assert_array_equal(got, X)
+    # a chunk inside one batch is a view of it, not a copy
+    one = list(_IterableSource([X]).chunks(64, 0))
+    assert all(np.shares_memory(c, X) for _, c, n in one if n == 64)
+    # resuming at a chunk skips exactly its rows
+    resumed = list(_IterableSource(batches).chunks(64, 7))
+    np.testing.assert_array_equal(resumed[0][1], X[7 * 64 : 8 * 64])
+
+
+def test_checkpoint_refuses_other_nan_policy(seed_net, tmp_path):
+    X = np.asarray(jax.random.normal(jax.random.key(5), (100, 52)), np.float32)
+    X[17, 3] = np.nan
+    ck = tmp_path / "ck.npz"
+    r = jacsens.sensitivity(seed_net, X, chunk_size=16, nan_policy="omit", checkpoint=ck)
+    assert r.n_omitted == 1
+    with pytest.raises(ValueError, match="nan_policy"):
+        jacsens.sensitivity(seed_net, X, chunk_size=16, nan_policy="raise", checkpoint=ck)

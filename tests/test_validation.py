@@ -370,3 +370,20 @@ def test_class_labels_range_check_numbers(model3, X6):
     # the named function itself is recognised as the named loss
     with pytest.raises(ValueError, match=r"for loss 'mse'"):
         check_targets(jacsens.LOSSES["mse"], jnp.zeros(6), (3,))
+
+
+def test_kernel_takes_integer_labels_only_for_cross_entropy():
+    """`squared_error_grad` computes y_pred − y_true: integer labels would broadcast."""
+    model = jacsens.MLP(4, (5,), 3, key=jax.random.key(0), dtype=jnp.float64)
+    X = jnp.ones((6, 4), jnp.float64)
+    labels = jnp.array([0, 1, 2, 0, 1, 2])
+    with pytest.raises(ValueError, match=r"`Y` must have shape \(batch, 3\)"):
+        jacsens.backprop.weight_grads(model, jacsens.backprop.squared_error_grad, X, labels)
+    g_labels = jacsens.backprop.weight_grads(
+        model, jacsens.backprop.softmax_cross_entropy_grad, X, labels
+    )
+    g_onehot = jacsens.backprop.weight_grads(
+        model, jacsens.backprop.softmax_cross_entropy_grad, X, jax.nn.one_hot(labels, 3)
+    )
+    for a, b in zip(jax.tree.leaves(g_labels), jax.tree.leaves(g_onehot), strict=True):
+        assert float(jnp.max(jnp.abs(a - b))) <= 1e-14
