@@ -264,6 +264,10 @@ def fit(
             raise TypeError("`validation` must be a pair (X_val, Y_val).")
         Xv = as_float_array(validation[0], "validation[0]")
         Yv = as_targets(validation[1], "validation[1]")
+        if Xv.ndim < 1 or Xv.shape[0] == 0:
+            raise ValueError(
+                f"`validation[0]` must hold at least one sample, got shape {Xv.shape}."
+            )
         _check_targets(model, Xv, Yv, loss, loss_fn, "validation[0]", "validation[1]")
         if Yv.shape[1:] != Y.shape[1:]:
             raise ValueError(

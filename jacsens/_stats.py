@@ -19,8 +19,10 @@ for g in batches:                          # g: (B, n_out, n_in)
 state.mean, state.mean_se, state.std
 ```
 
-`stats_update`/`stats_merge` work on numpy leaves (host accumulation in float64, whatever
-`jax_enable_x64` says) and on JAX leaves (inside `jit`, in the dtype of the leaves).
+`stats_update`/`stats_merge` work on numpy leaves and on JAX leaves (inside `jit`, in the
+dtype of the leaves). On the host the *merge* is float64 whatever `jax_enable_x64` says; the
+moments of each new batch are computed by JAX in the batch's dtype (float32 when x64 is off,
+even for float64 numpy input), so per-batch round-off is that dtype's.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ generated with `jax.random` and needs nothing extra.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -218,8 +219,12 @@ def friedman1(n: int, key: PRNGKeyArray, noise: float = 0.0) -> Dataset:
     """
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
         raise ValueError(f"`n` must be a positive int, got {n!r}.")
-    if not isinstance(noise, int | float | np.floating) or not noise >= 0:
-        raise ValueError(f"`noise` must be a non-negative float, got {noise!r}.")
+    if (
+        isinstance(noise, bool)
+        or not isinstance(noise, int | float | np.floating)
+        or not 0 <= noise < math.inf
+    ):
+        raise ValueError(f"`noise` must be a finite non-negative float, got {noise!r}.")
     kx, ke = jax.random.split(key)
     X = jax.random.uniform(kx, (int(n), 10), dtype=jnp.float32)
     y = friedman1_function(X) + noise * jax.random.normal(ke, (int(n),), dtype=jnp.float32)

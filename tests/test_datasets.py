@@ -137,3 +137,9 @@ def test_missing_sklearn_names_the_extra(monkeypatch):
         datasets.digits()
     # friedman1 needs nothing beyond JAX.
     assert datasets.friedman1(3, jax.random.key(0)).X.shape == (3, 10)
+
+
+@pytest.mark.parametrize("noise", [float("inf"), float("nan"), True, -0.5])
+def test_friedman1_refuses_bad_noise(noise):
+    with pytest.raises(ValueError, match="`noise`"):
+        datasets.friedman1(10, jax.random.key(0), noise=noise)

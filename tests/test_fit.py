@@ -231,3 +231,18 @@ def test_fit_with_a_module_loss_holding_arrays(getkey):
     # Adam is invariant to scaling the loss (up to its eps=1e-8): same parameters, twice the loss
     np.testing.assert_allclose(np.asarray(h1.train_loss), 2 * np.asarray(h2.train_loss), rtol=1e-8)
     np.testing.assert_allclose(m1.layers[0].weight, m2.layers[0].weight, rtol=1e-6)
+
+
+def test_empty_validation_is_refused():
+    model = jacsens.MLP(3, (4,), "scalar", key=jax.random.key(0))
+    X, Y = jnp.ones((8, 3)), jnp.ones((8,))
+    with pytest.raises(ValueError, match=r"`validation\[0\]` must hold at least one sample"):
+        jacsens.fit(
+            model,
+            X,
+            Y,
+            epochs=1,
+            key=jax.random.key(1),
+            progress=False,
+            validation=(jnp.zeros((0, 3)), jnp.zeros((0,))),
+        )
