@@ -533,25 +533,8 @@ def chain_estimates(
     identity seed (`_sweep`); chain is `chain_jacobian`'s order; backprop is the output-side
     recursion of `jacsens.backprop` (`_backprop`).
     """
-    dims = list(chain.dims)
-    flags = _diag_flags(chain)
-    device = device_model(platform)
-    B = batch_size
-    out: dict[str, tuple[float, float, float]] = {}
-    for mode in JACOBIAN_MODES:
-        t = _Tally(device, itemsize)
-        _forward(t, dims, flags, B)
-        if mode == "rev":
-            _sweep(t, dims[::-1], flags[::-1], B)
-        elif mode == "fwd":
-            _sweep(t, dims, flags, B)
-            t.seconds /= device.fwd_efficiency
-        elif mode == "chain":
-            _chain_tree(t, _chain_order(chain), flags, B)
-        else:
-            _backprop(t, dims, B)
-        out[mode] = (t.flops, t.bytes, t.seconds)
-    return out
+    key = _shape_key(chain, batch_size, itemsize, platform)
+    return dict(_estimates(*key))
 
 
 def chain_cost(
@@ -564,7 +547,43 @@ def chain_cost(
     platform's `DeviceModel`, where rev is preferred to chain and chain to fwd unless the
     latter is estimated faster by more than the factor `MARGIN`.
     """
-    est = chain_estimates(chain, batch_size, itemsize, platform)
+    cached = _cost(*_shape_key(chain, batch_size, itemsize, platform))
+    # fresh dicts: the cached estimate must not be changed through the returned object
+    return dataclasses.replace(cached, flops=dict(cached.flops), bytes=dict(cached.bytes))
+
+
+def _shape_key(chain: Chain, batch_size: int, itemsize: int, platform: str | None):
+    # Everything the cost model depends on, hashable: `auto` calls it on every
+    # `input_jacobian`, so the estimate is cached per shape signature.
+    platform = jax.default_backend() if platform is None else platform
+    return tuple(chain.dims), tuple(_diag_flags(chain)), batch_size, itemsize, platform
+
+
+@functools.lru_cache(maxsize=512)
+def _estimates(dims, flags, batch_size, itemsize, platform):
+    dims, flags = list(dims), list(flags)
+    device = device_model(platform)
+    B = batch_size
+    out: list[tuple[str, tuple[float, float, float]]] = []
+    for mode in JACOBIAN_MODES:
+        t = _Tally(device, itemsize)
+        _forward(t, dims, flags, B)
+        if mode == "rev":
+            _sweep(t, dims[::-1], flags[::-1], B)
+        elif mode == "fwd":
+            _sweep(t, dims, flags, B)
+            t.seconds /= device.fwd_efficiency
+        elif mode == "chain":
+            _chain_tree(t, optimal_order(tuple(dims), tuple(flags)), flags, B)
+        else:
+            _backprop(t, dims, B)
+        out.append((mode, (t.flops, t.bytes, t.seconds)))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=512)
+def _cost(dims, flags, batch_size, itemsize, platform) -> JacobianCost:
+    est = dict(_estimates(dims, flags, batch_size, itemsize, platform))
     flops = {m: est[m][0] for m in JACOBIAN_MODES}
     nbytes = {m: est[m][1] for m in JACOBIAN_MODES}
     seconds = {m: est[m][2] for m in JACOBIAN_MODES}
@@ -572,7 +591,7 @@ def chain_cost(
     for mode in ("chain", "fwd"):
         if MARGIN * seconds[mode] < seconds[best]:
             best = mode
-    order = _chain_order(chain).describe() if chain.linears else None
+    order = optimal_order(dims, flags).describe() if len(dims) > 1 else None
     return JacobianCost(batch_size, flops, nbytes, best, order)
 
 
