@@ -318,3 +318,13 @@ def test_subclass_keeping_call_is_still_a_chain():
 
     model = Tagged(5, (4,), 3, key=jax.random.key(0), dtype=jnp.float64)
     assert len(jacsens.read_chain(model).linears) == 2
+
+
+def test_cached_cost_cannot_be_changed_through_a_result():
+    model = jacsens.MLP(6, (4,), 3, key=jax.random.key(0))
+    first = jacsens.jacobian_cost(model, 8)
+    expected = dict(first.flops)
+    first.flops["rev"] = -1.0
+    first.bytes.clear()
+    again = jacsens.jacobian_cost(model, 8)
+    assert again.flops == expected and set(again.bytes) == set(expected)
