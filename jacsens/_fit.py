@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,6 +14,7 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._losses import LossFn, get_loss
+from ._progress import progress_bar
 from ._validate import (
     as_float_array,
     as_targets,
@@ -169,16 +169,6 @@ def _check_targets(model, X, Y, loss, loss_fn: LossFn, xname: str, yname: str):
         )
 
 
-def _progress_bar(enabled: bool, total: int):
-    if not enabled or not sys.stderr.isatty():
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="fit", unit="epoch", leave=False)
-
-
 def fit(
     model: Any,
     X: Float[Array, "batch *in"],
@@ -281,7 +271,7 @@ def fit(
     train_loss: list[float] = []
     val_loss: list[float] | None = [] if validation is not None else None
     stopped = False
-    bar = _progress_bar(progress, epochs)
+    bar = progress_bar(progress, total=epochs, desc="fit", unit="epoch", leave=False)
     try:
         for epoch in range(epochs):
             params, opt_state, epoch_loss = _run_epoch(

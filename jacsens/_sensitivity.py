@@ -24,7 +24,6 @@ import json
 import math
 import os
 import re
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -37,6 +36,7 @@ from jaxtyping import Array, Float
 
 from ._atomic import atomic_write
 from ._jacobian import MODES, _resolve_mode, input_hessian, input_jacobian
+from ._progress import progress_bar
 from ._samplers import Sampler
 from ._stats import (
     StreamingStats,
@@ -630,16 +630,6 @@ def _names(names, count: int, argname: str, default_prefix: str) -> tuple[str, .
     return names
 
 
-def _progress_bar(progress: bool, total: int | None, initial: int):
-    if not progress or not sys.stderr.isatty():
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, unit="samples", unit_scale=True, desc="sensitivity")
-
-
 def sensitivity(
     model: Callable[[Array], Array],
     data: Any,
@@ -783,7 +773,14 @@ def sensitivity(
             n_omitted = int(meta["n_omitted"])
 
     sharding = None if mesh is None else NamedSharding(mesh, P("batch"))
-    bar = _progress_bar(progress, source.n, rows_done)
+    bar = progress_bar(
+        progress,
+        total=source.n,
+        initial=rows_done,
+        unit="samples",
+        unit_scale=True,
+        desc="sensitivity",
+    )
 
     def save():
         meta = dict(identity, chunks_done=chunks_done, rows_done=rows_done, n_omitted=n_omitted)
