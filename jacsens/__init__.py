@@ -3,19 +3,15 @@
 import importlib.metadata
 
 from . import attribution as attribution, backprop as backprop, datasets as datasets, plot as plot
-from ._chain import (
-    ChainError as ChainError,
-    JacobianCost as JacobianCost,
-    read_chain as read_chain,
-)
-from ._check import (
+from ._cost import JacobianCost as JacobianCost
+from ._crosscheck import (
     Comparison as Comparison,
     CrosscheckError as CrosscheckError,
     CrosscheckReport as CrosscheckReport,
     crosscheck as crosscheck,
     finite_difference_jacobian as finite_difference_jacobian,
 )
-from ._fit import History as History, fit as fit
+from ._fit import History as History, NonFiniteLossError as NonFiniteLossError, fit as fit
 from ._grads import (
     per_sample_grad_norms as per_sample_grad_norms,
     per_sample_grads as per_sample_grads,
@@ -32,8 +28,22 @@ from ._jacobian import (
 )
 from ._losses import LOSSES as LOSSES
 from ._models import ACTIVATIONS as ACTIVATIONS, MLP as MLP, Activation as Activation
-from ._samplers import Sampler as Sampler, normal as normal, uniform as uniform
-from ._sensitivity import SensitivityResult as SensitivityResult, sensitivity as sensitivity
+from ._modes import (
+    AbstractJacobianMode as AbstractJacobianMode,
+    Auto as Auto,
+    Backprop as Backprop,
+    Chain as Chain,
+    Fwd as Fwd,
+    Rev as Rev,
+)
+from ._program._chain import ChainError as ChainError, read_chain as read_chain
+from ._sensitivity import (
+    AbstractSampler as Sampler,
+    SensitivityResult as SensitivityResult,
+    normal as normal,
+    sensitivity as sensitivity,
+    uniform as uniform,
+)
 from ._stats import (
     StreamingStats as StreamingStats,
     stats_from_batch as stats_from_batch,

@@ -14,10 +14,11 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from . import backprop
-from ._chain import try_read_chain
 from ._grads import weight_grad
 from ._jacobian import input_jacobian
-from ._validate import as_float_array, check_choice, sample_shapes
+from ._modes import MODES
+from ._plan import make_plan
+from ._validate import as_float_array, check_choice
 
 # Tolerances on the relative error max|A − B| / max(|A|, |B|), in float64.
 EXACT_RTOL = 1e-10
@@ -105,7 +106,7 @@ def finite_difference_jacobian(
     **Returns:** `(B, *out_shape, *in_shape)`.
     """
     X = as_float_array(X, "X")
-    in_shape, out_shape, _ = sample_shapes(model, X)
+    out_shape = make_plan(model, X, None).out_shape
     if step is None:
         step = float(jnp.finfo(X.dtype).eps) ** (1.0 / 3.0)
     elif isinstance(step, bool) or not isinstance(step, int | float) or not step > 0:
@@ -178,9 +179,13 @@ def crosscheck(
     A `CrosscheckReport`.
     """
     X = as_float_array(X, "X")
-    sample_shapes(model, X)
-    chain = try_read_chain(model)
-    supported = ("rev", "fwd", "chain", "backprop") if chain is not None else ("rev", "fwd")
+    plan = make_plan(model, X, None)
+    for name, value in (("rtol", rtol), ("fd_rtol", fd_rtol)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            raise ValueError(f"`{name}` must be a non-negative number, got {value!r}.")
+    supported = tuple(
+        name for name, cls in MODES.items() if plan.chain is not None or not cls.needs_chain
+    )
     if modes is None:
         modes = supported
     for m in modes:
@@ -198,7 +203,7 @@ def crosscheck(
             tol = fd_rtol if "fd" in (a, b) else rtol
             comparisons.append(_compare("input_jacobian", a, b, results[a], results[b], tol))
         if Y is not None:
-            if chain is None:
+            if plan.chain is None:
                 raise ValueError(
                     "`Y` was given, but the parameter-gradient check needs a model with a "
                     "readable layer chain for the hand-written kernel."

@@ -11,27 +11,35 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
 from ._batching import map_chunks
-from ._chain import LinearStep, try_read_chain
 from ._losses import LossFn, get_loss
+from ._plan import Plan, make_plan
+from ._program._chain import chain_forward, read_chain
 from ._validate import (
     as_float_array,
     as_targets,
     check_positive_int,
     check_same_batch,
     check_targets,
-    sample_shapes,
 )
 
 
-def _check(model, loss, X, Y, chunk_size=None):
+def _check(model, loss, X, Y, chunk_size=None) -> tuple[LossFn, Array, Array, int | None, Plan]:
     X = as_float_array(X, "X")
     Y = as_targets(Y, "Y")
-    _, out_shape, _ = sample_shapes(model, X)
+    plan = make_plan(model, X, None)
+    if not jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)):
+        raise TypeError(
+            f"`model` has no trainable parameters: {type(model).__name__} holds no floating "
+            "array leaves (a plain function closing over its weights hides them from "
+            "differentiation); pass an eqx.Module whose weights are fields."
+        )
     check_same_batch(X, Y)
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     loss_fn = get_loss(loss)
-    check_targets(loss, Y, out_shape)
-    return loss_fn, X, Y, chunk_size
+    check_targets(loss, Y, plan.out_shape)
+    if X.dtype != plan.dtype:  # the package's dtype rule: at the model's precision
+        X = X.astype(plan.dtype)
+    return loss_fn, X, Y, chunk_size, plan
 
 
 def _sample_loss(model, x, y, loss):
@@ -67,7 +75,7 @@ def weight_grad(model: Any, loss: str | LossFn, X: Float[Array, "batch *in"], Y:
     A pytree shaped like the model: `∂/∂θ (1/B) Σ_b loss(model(X[b]), Y[b])` at the
     floating-point array leaves, `None` elsewhere.
     """
-    loss, X, Y, _ = _check(model, loss, X, Y)
+    loss, X, Y, _, _ = _check(model, loss, X, Y)
     return _weight_grad_impl(model, loss, X, Y)
 
 
@@ -101,38 +109,21 @@ def per_sample_grads(
     A pytree shaped like the model whose leaves have a leading batch axis `B`:
     leaf `[b]` is `∂ loss(model(X[b]), Y[b]) / ∂θ`. Their mean over `b` is `weight_grad`.
     """
-    loss, X, Y, chunk_size = _check(model, loss, X, Y, chunk_size)
+    loss, X, Y, chunk_size, plan = _check(model, loss, X, Y, chunk_size)
     return _per_sample_impl(model, loss, X, Y, chunk_size)
 
 
-def _ghost_sq_norms(model, chain, loss, X, Y):
+def _ghost_sq_norms(model, loss, X, Y):
     """Squared per-sample gradient norms of a Linear/elementwise chain, never forming the
     per-sample gradients: for a Linear layer `z = W a + b` seeing one vector per sample,
     `‖∂ℓ/∂W‖² = ‖a‖² ‖δ‖²` and `‖∂ℓ/∂b‖² = ‖δ‖²` with `δ = ∂ℓ/∂z`."""
+    chain = read_chain(model)
     B = X.shape[0]
-    linears = [s for s in chain.steps if isinstance(s, LinearStep)]
-    # Work in the promoted dtype of inputs and parameters: with float32 `X` and a float64
-    # model, float32 perturbations would round every δ to float32.
-    dtype = jnp.result_type(
-        X.dtype, *[a.dtype for s in linears for a in (s.weight, s.bias) if a is not None]
-    )
-    X = X.astype(dtype)
+    linears = chain.linears
 
     def run(eps):
-        h = X.reshape(B, chain.in_width)  # not -1: B may be 0
-        inputs = []
-        k = 0
-        for step in chain.steps:
-            if isinstance(step, LinearStep):
-                inputs.append(h)
-                h = h @ step.weight.T + eps[k]
-                if step.bias is not None:
-                    h = h + step.bias
-                k += 1
-            else:
-                h = step.activation.fn(h)
-        y = h.reshape(B, *chain.out_shape)
-        return jnp.sum(jax.vmap(loss)(y, Y)), inputs
+        y, cache = chain_forward(chain, X, perturb=eps)
+        return jnp.sum(jax.vmap(loss)(y, Y)), cache.inputs
 
     eps = [jnp.zeros((B, s.shape[0]), X.dtype) for s in linears]
     # δ_l of each sample is the gradient of the *summed* loss w.r.t. a zero perturbation
@@ -140,7 +131,9 @@ def _ghost_sq_norms(model, chain, loss, X, Y):
     deltas, inputs = jax.grad(run, has_aux=True)(eps)
     total = jnp.zeros((B,), X.dtype)
     for step, a, d in zip(linears, inputs, deltas, strict=True):
-        a_sq = jnp.sum(a**2, axis=1) + (1.0 if step.bias is not None else 0.0)
+        a_sq = jnp.sum(a**2, axis=1)
+        if step.bias is not None:
+            a_sq = a_sq + 1
         total = total + a_sq * jnp.sum(d**2, axis=1)
     return total
 
@@ -148,12 +141,10 @@ def _ghost_sq_norms(model, chain, loss, X, Y):
 @eqx.filter_jit
 def _norms_impl(model, loss, X, Y, chunk_size, method):
     if method == "ghost":
-        chain = try_read_chain(model)
-        return jnp.sqrt(
-            map_chunks(
-                lambda x, y: _ghost_sq_norms(model, chain, loss, x, y), X, Y, chunk_size=chunk_size
-            )
+        ghost = map_chunks(
+            lambda x, y: _ghost_sq_norms(model, loss, x, y), X, Y, chunk_size=chunk_size
         )
+        return jnp.sqrt(ghost)
 
     def norms(x, y):
         g = _per_sample_impl(model, loss, x, y, None)
@@ -194,15 +185,14 @@ def per_sample_grad_norms(
 
     `(B,)` norms.
     """
-    loss, X, Y, chunk_size = _check(model, loss, X, Y, chunk_size)
+    loss, X, Y, chunk_size, plan = _check(model, loss, X, Y, chunk_size)
     if method not in ("auto", "ghost", "materialise"):
         raise ValueError(f"Unknown `method` {method!r}; expected 'auto', 'ghost' or 'materialise'.")
-    chain = try_read_chain(model)
-    if method == "ghost" and chain is None:
+    if method == "ghost" and plan.chain is None:
         raise ValueError(
             "`method='ghost'` needs a model with a readable layer chain (Linear layers and "
-            f"elementwise activations); got {type(model).__name__}."
+            f"elementwise activations); got {type(model).__name__} ({plan.chain_error})."
         )
     if method == "auto":
-        method = "ghost" if chain is not None else "materialise"
+        method = "ghost" if plan.chain is not None else "materialise"
     return _norms_impl(model, loss, X, Y, chunk_size, method)

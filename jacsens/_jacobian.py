@@ -3,73 +3,28 @@
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Callable
 from typing import Any, Literal
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
-from . import backprop
 from ._batching import map_chunks
-from ._chain import (
-    ActStep,
-    JacobianCost,
-    LinearStep,
-    chain_cost,
-    chain_jacobian,
-    read_chain,
-)
-from ._validate import as_float_array, check_choice, check_positive_int, sample_shapes, sample_spec
+from ._cost import JacobianCost
+from ._modes import AbstractJacobianMode
+from ._plan import Plan, make_plan
+from ._program._chain import ActStep, ChainError, LinearStep, read_chain
+from ._validate import as_float_array, check_positive_int
 
-Mode = Literal["auto", "rev", "fwd", "chain", "backprop"]
-MODES = ("auto", "rev", "fwd", "chain", "backprop")
-
-
-def _resolve_mode(model, mode: str, chain, in_shape, out_shape, batch: int, itemsize: int):
-    check_choice(mode, "mode", MODES)
-    if mode in ("chain", "backprop") and chain is None:
-        read_chain(model)  # raises ChainError naming what could not be read
-    if mode != "auto":
-        return mode
-    if chain is not None:
-        return chain_cost(chain, batch, itemsize).best
-    return "rev" if math.prod(out_shape) <= math.prod(in_shape) else "fwd"
-
-
-def _promote(model, X):
-    """Promote `X` to the model's output precision; return `(X, out_dtype)`.
-
-    Derivatives are then returned in the dtype of the model's output and computed at least
-    in that precision: float32 inputs to a float64 model would otherwise give Jacobians
-    rounded to float32 (reverse mode returns cotangents in the input's dtype).
-    """
-    out_dtype = jax.eval_shape(model, jax.ShapeDtypeStruct(X.shape[1:], X.dtype)).dtype
-    return X.astype(jnp.promote_types(X.dtype, out_dtype)), out_dtype
+Mode = Literal["auto", "rev", "fwd", "chain", "backprop"] | AbstractJacobianMode
 
 
 @eqx.filter_jit
-def _jacobian_impl(model, X, mode, chunk_size, out_shape):
-    in_shape = X.shape[1:]
-    X, out_dtype = _promote(model, X)
-    if mode == "rev":
-        batched = jax.vmap(jax.jacrev(model))
-    elif mode == "fwd":
-        batched = jax.vmap(jax.jacfwd(model))
-    elif mode == "chain":
-        chain = read_chain(model)
-
-        def batched(Xc):
-            J = chain_jacobian(chain, Xc)
-            return J.reshape(Xc.shape[0], *out_shape, *in_shape)
-    else:
-
-        def batched(Xc):
-            return backprop._jacobian_impl(model, Xc)
-
-    return map_chunks(batched, X, chunk_size=chunk_size).astype(out_dtype)
+def _jacobian_impl(model, X, plan: Plan, chunk_size):
+    return plan.jacobian(model, X, chunk_size)
 
 
 def input_jacobian(
@@ -113,18 +68,40 @@ def input_jacobian(
     """
     X = as_float_array(X, "X")
     chunk_size = check_positive_int(chunk_size, "chunk_size")
-    in_shape, out_shape, chain = sample_shapes(model, X)
-    mode = _resolve_mode(model, mode, chain, in_shape, out_shape, X.shape[0], X.dtype.itemsize)
-    return _jacobian_impl(model, X, mode, chunk_size, out_shape)
+    plan = make_plan(model, X, mode, chunk_size=chunk_size)
+    return _jacobian_impl(model, X, plan, chunk_size)
+
+
+def _example_plan(model, example: Any, dtype: Any, argname: str) -> Plan:
+    """A plan for `explain`/`jacobian_cost`: `example` is a batch size (the input shape is
+    then read from the model's layer chain) or an example batch `(B, *in_shape)`."""
+    if isinstance(example, int | np.integer) and not isinstance(example, bool):
+        batch = check_positive_int(example, argname, allow_none=False)
+        try:
+            in_shape = read_chain(model).in_shape
+        except ChainError as e:
+            raise ValueError(
+                f"`{argname}`: only the batch size was given, and the model's input shape "
+                f"cannot be read from it ({e}); pass an example batch `(B, *in_shape)` "
+                "instead."
+            ) from None
+        return make_plan(model, jax.ShapeDtypeStruct((batch, *in_shape), jnp.dtype(dtype)))
+    X = example if isinstance(example, jax.ShapeDtypeStruct) else as_float_array(example, argname)
+    if X.ndim < 1 or X.shape[0] < 1:
+        raise ValueError(
+            f"`{argname}` must be a batch size or an example batch `(B, *in_shape)` with "
+            f"B >= 1, got shape {X.shape}."
+        )
+    return make_plan(model, X, argname=argname)
 
 
 def jacobian_cost(
     model: Callable[[Array], Array],
-    batch_size: int = 1,
+    batch_size: int | Float[Array, "batch *in"] = 1,
     *,
     dtype: Any = jnp.float32,
 ) -> JacobianCost:
-    """The cost model's FLOPs and bytes of each input-Jacobian mode (shapes only).
+    """The cost model's FLOPs, bytes and estimated time of each input-Jacobian mode.
 
     Operations are counted as each mode executes them: the forward pass, then rev pushes
     an identity seed of `out` rows back through the layers (`≈ out` reverse passes; the
@@ -132,44 +109,74 @@ def jacobian_cost(
     fwd pushes `in` rows forward, chain multiplies the layer Jacobians in the FLOP-optimal
     order. `best`, what `input_jacobian(mode="auto")` picks, has the least roofline time
     `Σ max(FLOPs / peak, bytes / bandwidth) + overhead` with typical constants of the
-    default backend's device kind (`jacsens._chain.DEVICE_MODELS`), preferring rev, then
-    chain, then fwd within 10%.
+    default backend's device kind (`jacsens._cost.DEVICE_MODELS`), preferring rev, then
+    chain, then fwd unless one is estimated faster by more than 10%.
 
     **Arguments:**
 
-    - `model`: a model with a readable layer chain (`jacsens.MLP`, `eqx.nn.MLP`, or an
-        `eqx.nn.Sequential` of Linear layers and elementwise activations).
-    - `batch_size`: batch size `B` the totals are for.
-    - `dtype`: dtype the bytes are counted in.
+    - `model`: a callable on one sample.
+    - `batch_size`: the batch size `B` the totals are for, or an example batch
+        `(B, *in_shape)` (needed for models whose input shape cannot be read from a
+        layer chain).
+    - `dtype`: dtype the bytes are counted in, when `batch_size` is an int.
 
     **Returns:**
 
-    A `JacobianCost` with per-mode `flops`, `bytes`, the `best` mode and the `order`.
+    A `JacobianCost` with per-mode `flops`, `bytes`, `seconds`, the `best` mode and the
+    `order` of the products.
     """
-    batch_size = check_positive_int(batch_size, "batch_size", allow_none=False)
-    chain = read_chain(model)
-    return chain_cost(chain, batch_size, jnp.dtype(dtype).itemsize)
+    return _example_plan(model, batch_size, dtype, "batch_size").cost()
 
 
-def explain(model: Callable[[Array], Array], batch_size: int = 1, *, file=None) -> str:
-    """Print the input Jacobian of `model` as a product of layer Jacobians.
+def explain(
+    model: Callable[[Array], Array],
+    batch_size: int | Float[Array, "batch *in"] = 1,
+    *,
+    file: Any = None,
+) -> str:
+    """Print the input Jacobian of `model` as a product of its factors, and its cost.
 
-    Shows `∂y/∂x = W3 · diag(f'(z2)) · W2 · diag(f'(z1)) · W1` with each factor's shape,
-    which factors are diagonal (kept as vectors), the FLOP-optimal multiplication order,
-    and the cost model's FLOPs for each mode at `batch_size`.
+    For a layer chain, shows `∂y/∂x = W3 · diag(f'(z2)) · W2 · diag(f'(z1)) · W1` with
+    each factor's shape, which factors are diagonal (kept as vectors), the FLOP-optimal
+    multiplication order, and the cost model's FLOPs, bytes and estimated time for each
+    mode at the batch size, with the mode `auto` picks.
 
     **Arguments:**
 
-    - `model`: a model with a readable layer chain.
-    - `batch_size`: batch size for the FLOP counts.
-    - `file`: where to print (default `sys.stdout`); pass `False` to print nothing.
+    - `model`: a callable on one sample.
+    - `batch_size`: batch size for the costs, or an example batch `(B, *in_shape)`.
+    - `file`: a writable text stream to print to (default `sys.stdout`); `False` prints
+        nothing.
 
     **Returns:**
 
-    The text that was printed.
+    The text.
     """
-    chain = read_chain(model)
-    cost = jacobian_cost(model, batch_size)
+    if file is not None and file is not False and not callable(getattr(file, "write", None)):
+        raise TypeError(
+            "`file` must be a writable text stream (an object with a `write` method), None "
+            f"or False, got {type(file).__name__}; to write to a path, open it first."
+        )
+    plan = _example_plan(model, batch_size, jnp.float32, "batch_size")
+    cost = plan.cost()
+    buf = io.StringIO()
+    print(
+        f"Model: {type(model).__name__}, input {plan.in_shape}, output {plan.out_shape}",
+        file=buf,
+    )
+    if plan.chain is not None:
+        _explain_chain(read_chain(model), cost, buf)
+    else:
+        print(f"No layer chain ({plan.chain_error})", file=buf)
+    print(f"Cost model at batch size {cost.batch_size}:", file=buf)
+    print("  " + str(cost).replace("\n", "\n  "), file=buf)
+    text = buf.getvalue()
+    if file is not False:
+        print(text, end="", file=file)
+    return text
+
+
+def _explain_chain(chain, cost: JacobianCost, buf) -> None:
     factors: list[tuple[str, str, bool]] = []
     n_lin = 0
     for step in chain.steps:
@@ -182,10 +189,6 @@ def explain(model: Callable[[Array], Array], batch_size: int = 1, *, file=None) 
             f = step.activation.name
             factors.append((f"diag({f}'(z{n_lin}))", f"{width}×{width}", True))
     factors.reverse()
-    buf = io.StringIO()
-    print(
-        f"Model: {type(model).__name__}, input {chain.in_shape}, output {chain.out_shape}", file=buf
-    )
     print("∂y/∂x = " + " · ".join(name for name, _, _ in factors), file=buf)
     print("", file=buf)
     print(f"  {'factor':<22}{'shape':>14}  kind", file=buf)
@@ -194,19 +197,13 @@ def explain(model: Callable[[Array], Array], batch_size: int = 1, *, file=None) 
         print(f"  {name:<22}{shape:>14}  {kind}", file=buf)
     print("", file=buf)
     print(f"Optimal order of the dense factors: {cost.order}", file=buf)
-    print(f"Cost model at batch size {batch_size}:", file=buf)
-    print("  " + str(cost).replace("\n", "\n  "), file=buf)
-    text = buf.getvalue()
-    if file is not False:
-        print(text, end="", file=file)
-    return text
 
 
-def _check_products(model, X, V, vname: str, want: str):
+def _check_products(model, X, V, vname: str, want: str) -> tuple[Plan, Array, Array]:
     X = as_float_array(X, "X")
     V = as_float_array(V, vname)
-    in_shape, out_shape, _, out_dtype = sample_spec(model, X)
-    shape = (X.shape[0], *(in_shape if want == "in" else out_shape))
+    plan = make_plan(model, X, None)
+    shape = (X.shape[0], *(plan.in_shape if want == "in" else plan.out_shape))
     if V.shape != shape:
         raise ValueError(
             f"`{vname}` must have shape {shape} (batch, *{want}_shape), got {V.shape}."
@@ -215,27 +212,29 @@ def _check_products(model, X, V, vname: str, want: str):
     if want == "in":
         dtype, what = X.dtype, "of `X`"
     else:
-        dtype, what = out_dtype, "of the model's output"
+        dtype, what = plan.out_dtype, "of the model's output"
     if V.dtype != dtype:
         raise TypeError(f"`{vname}` must have the dtype {what}, {dtype}; got {V.dtype}.")
-    return X, V
+    return plan, X, V
 
 
 @eqx.filter_jit
-def _jvp_impl(model, X, V, chunk_size):
+def _jvp_impl(model, X, V, plan: Plan, chunk_size):
     def one(x, v):
         return jax.jvp(model, (x,), (v,))[1]
 
-    return map_chunks(jax.vmap(one), X, V, chunk_size=chunk_size)
+    X, V = X.astype(plan.dtype), V.astype(plan.dtype)
+    return map_chunks(jax.vmap(one), X, V, chunk_size=chunk_size).astype(plan.out_dtype)
 
 
 @eqx.filter_jit
-def _vjp_impl(model, X, U, chunk_size):
+def _vjp_impl(model, X, U, plan: Plan, chunk_size):
     def one(x, u):
         _, pullback = jax.vjp(model, x)
         return pullback(u)[0]
 
-    return map_chunks(jax.vmap(one), X, U, chunk_size=chunk_size)
+    X = X.astype(plan.dtype)
+    return map_chunks(jax.vmap(one), X, U, chunk_size=chunk_size).astype(plan.out_dtype)
 
 
 def jvp(
@@ -258,8 +257,8 @@ def jvp(
     `(B, *out_shape)`.
     """
     chunk_size = check_positive_int(chunk_size, "chunk_size")
-    X, V = _check_products(model, X, V, "V", "in")
-    return _jvp_impl(model, X, V, chunk_size)
+    plan, X, V = _check_products(model, X, V, "V", "in")
+    return _jvp_impl(model, X, V, plan, chunk_size)
 
 
 def vjp(
@@ -282,15 +281,13 @@ def vjp(
     `(B, *in_shape)`.
     """
     chunk_size = check_positive_int(chunk_size, "chunk_size")
-    X, U = _check_products(model, X, U, "U", "out")
-    return _vjp_impl(model, X, U, chunk_size)
+    plan, X, U = _check_products(model, X, U, "U", "out")
+    return _vjp_impl(model, X, U, plan, chunk_size)
 
 
 @eqx.filter_jit
-def _hessian_impl(model, X, chunk_size):
-    X, out_dtype = _promote(model, X)
-    H = map_chunks(jax.vmap(jax.jacfwd(jax.jacrev(model))), X, chunk_size=chunk_size)
-    return H.astype(out_dtype)
+def _hessian_impl(model, X, plan: Plan, chunk_size):
+    return plan.hessian(model, X, chunk_size)
 
 
 def input_hessian(
@@ -313,5 +310,5 @@ def input_hessian(
     """
     X = as_float_array(X, "X")
     chunk_size = check_positive_int(chunk_size, "chunk_size")
-    sample_shapes(model, X)
-    return _hessian_impl(model, X, chunk_size)
+    plan = make_plan(model, X, None)
+    return _hessian_impl(model, X, plan, chunk_size)

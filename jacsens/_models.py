@@ -8,9 +8,11 @@ never call `jax.grad`; autodiff is an independent opinion on the same numbers.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -112,6 +114,58 @@ ACTIVATIONS: dict[str, Activation] = {
         Activation("sin", jnp.sin, jnp.cos),
     ]
 }
+
+
+@functools.cache
+def _callables_by_id() -> dict[int, tuple[str, Callable]]:
+    """Callables of JAX and Equinox that compute one of `ACTIVATIONS`, by `id`.
+
+    Equinox's own default activations are read from `eqx.nn.MLP`'s signature (its public
+    surface), not from its private modules.
+    """
+    table: list[tuple[Callable, str]] = [
+        (jnp.tanh, "tanh"),
+        (jax.nn.sigmoid, "sigmoid"),
+        (jax.nn.relu, "relu"),
+        (jax.nn.softplus, "softplus"),
+        (jax.nn.gelu, "gelu"),
+        (jax.nn.silu, "silu"),
+        (jax.nn.elu, "elu"),
+        (jax.nn.leaky_relu, "leaky_relu"),
+        (jnp.sin, "sin"),
+    ]
+    if hasattr(jax.nn, "swish"):
+        table.append((jax.nn.swish, "silu"))
+    params = inspect.signature(eqx.nn.MLP.__init__).parameters
+    for field, name in (("activation", "relu"), ("final_activation", "identity")):
+        default = params[field].default
+        if default is not inspect.Parameter.empty:
+            table.append((default, name))
+    return {id(fn): (name, fn) for fn, name in table}
+
+
+def identify_activation(fn: Any) -> Activation | None:
+    """The `Activation` that the callable `fn` computes, or `None` if it is not a known
+    elementwise function (`jacsens.Activation`, `eqx.nn.Lambda` of one, JAX's and
+    Equinox's own activation functions, or functions wrapping them with `functools.wraps`).
+    """
+    if isinstance(fn, Activation):
+        return fn
+    if isinstance(fn, eqx.nn.Lambda):
+        return identify_activation(fn.fn)
+    found = _callables_by_id().get(id(fn))
+    if found is None and getattr(fn, "__wrapped__", None) is not None:
+        found = _callables_by_id().get(id(fn.__wrapped__))
+    return None if found is None else ACTIVATIONS[found[0]]
+
+
+def activation_callable(name: str) -> Callable:
+    """A JAX/Equinox callable computing the activation `name` (used to rebuild an
+    `eqx.nn.MLP` from its saved activation names)."""
+    for known, fn in _callables_by_id().values():
+        if known == name:
+            return fn
+    raise ValueError(f"No JAX/Equinox callable is known for activation {name!r}.")
 
 
 def get_activation(name: str | Activation, argname: str = "activation") -> Activation:

@@ -13,8 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._chain import try_read_chain
-
 
 def as_float_array(x: Any, argname: str) -> jax.Array:
     """Convert array-likes to a JAX array; refuse non-floating dtypes."""
@@ -47,50 +45,20 @@ def check_choice(value: Any, argname: str, choices: Iterable[str]) -> str:
     return value
 
 
+def promote_float(*dtypes: Any) -> Any:
+    """The smallest floating dtype that holds every one of `dtypes` exactly (the promotion
+    rule of the whole package, applied explicitly, so it holds under strict promotion)."""
+    with jax.numpy_dtype_promotion("standard"):
+        return jnp.dtype(jnp.result_type(*[jnp.dtype(d) for d in dtypes]))
+
+
 def sample_shapes(model: Callable, X: jax.Array, argname: str = "X"):
-    """Validate a batch `X` against `model` and return `(in_shape, out_shape, chain)`.
+    """`(in_shape, out_shape, chain)`: a transitional shim over `make_plan` for modules not
+    yet moved to plans (`chain` is the chain's structure or `None`)."""
+    from ._plan import make_plan  # transitional: removed when every caller uses plans
 
-    See `sample_spec`, which also returns the output dtype.
-    """
-    return sample_spec(model, X, argname)[:3]
-
-
-def sample_spec(model: Callable, X: jax.Array, argname: str = "X"):
-    """Validate a batch `X` against `model`; return `(in_shape, out_shape, chain, out_dtype)`.
-
-    For models with a readable layer chain the input shape is known and `X` must match
-    it exactly; for other callables `X.shape[1:]` is taken as the sample shape and the
-    model is traced once (abstractly) to check that it accepts it.
-    """
-    if not callable(model):
-        raise TypeError(f"`model` must be callable, got {type(model).__name__}.")
-    chain = try_read_chain(model)
-    if X.ndim < 1:
-        raise ValueError(f"`{argname}` must have a leading batch axis, got shape {X.shape}.")
-    if chain is not None:
-        expected = chain.in_shape
-        if X.shape[1:] != expected:
-            raise ValueError(
-                f"`{argname}` must have shape (batch, {', '.join(map(str, expected))}) for "
-                f"this model (one sample is {expected}), got {X.shape}."
-            )
-        params = [a.dtype for s in chain.linears for a in (s.weight, s.bias) if a is not None]
-        return chain.in_shape, chain.out_shape, chain, jnp.result_type(X.dtype, *params)
-    in_shape = X.shape[1:]
-    try:
-        out = jax.eval_shape(model, jax.ShapeDtypeStruct(in_shape, X.dtype))
-    except Exception as e:  # the model's own error, re-raised naming the argument
-        raise ValueError(
-            f"`model` cannot be applied to one sample of `{argname}` (shape {in_shape}, "
-            f"from `{argname}` of shape {X.shape}): {type(e).__name__}: {e}"
-        ) from e
-    if not isinstance(out, jax.ShapeDtypeStruct):
-        raise TypeError(
-            f"`model` must return a single array, got {jax.tree_util.tree_structure(out)}."
-        )
-    if not jnp.issubdtype(out.dtype, jnp.floating):
-        raise TypeError(f"`model` must return a floating array, got dtype {out.dtype}.")
-    return in_shape, tuple(out.shape), None, jnp.dtype(out.dtype)
+    plan = make_plan(model, X, None, argname=argname)
+    return plan.in_shape, plan.out_shape, plan.chain
 
 
 def check_same_batch(X: jax.Array, Y: jax.Array, xname: str = "X", yname: str = "Y") -> None:

@@ -26,7 +26,8 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._batching import map_chunks
-from ._validate import as_float_array, check_choice, check_positive_int, sample_shapes
+from ._plan import make_plan
+from ._validate import as_float_array, check_choice, check_positive_int
 
 Target = int | tuple[int, ...] | Int[Array, " batch"] | None
 IG_METHODS = (
@@ -39,10 +40,17 @@ IG_METHODS = (
 
 
 def _prepare(model, X, target, chunk_size):
-    """Validate the common arguments; return `(X, targets (B,) int32, chunk_size)`."""
+    """Validate the common arguments; return `(X, targets (B,) int32, chunk_size)`.
+
+    `X` is returned in the plan's compute dtype (the package's dtype rule), so a float64
+    model given float32 inputs gives float64 attributions, as `input_jacobian` does.
+    """
     X = as_float_array(X, "X")
     chunk_size = check_positive_int(chunk_size, "chunk_size")
-    _, out_shape, _ = sample_shapes(model, X)
+    plan = make_plan(model, X, None)
+    out_shape = plan.out_shape
+    if X.dtype != plan.dtype:
+        X = X.astype(plan.dtype)
     n_out = math.prod(out_shape)
     B = X.shape[0]
     if target is None:

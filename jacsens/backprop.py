@@ -18,14 +18,15 @@ the Jacobian of an elementwise function is diagonal, never a dense matrix.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
-from ._chain import ActStep, Chain, ChainError, LinearStep, read_chain
+from ._kernel import check_kernel_chain, delta_recursion
+from ._program._chain import Cache, Chain, chain_forward, read_chain
 from ._validate import as_float_array, as_targets, check_choice, check_same_batch, check_targets
 
 __all__ = [
@@ -38,62 +39,11 @@ __all__ = [
 ]
 
 
-class Cache(NamedTuple):
-    """What the forward pass keeps for the backward recursion, one entry per layer.
-
-    - `inputs[l]`: `a_{l-1}`, the layer's input, `(B, p_{l-1})`.
-    - `pre[l]`: `z_l = W_l a_{l-1} + b_l`, `(B, p_l)`.
-    - `derivs[l]`: `g_l`, the derivative of the activations after layer `l`, `(B, p_l)`
-      (ones where no activation follows).
-    - `input_deriv`: derivative of activations applied to the input itself, `(B, p_0)`.
-    """
-
-    inputs: list[Array]
-    pre: list[Array]
-    derivs: list[Array]
-    input_deriv: Array
-
-
-def _layers(model: Any) -> tuple[Chain, list[LinearStep], list[list[Any]], list[Any]]:
-    chain = read_chain(model)
-    linears: list[LinearStep] = []
-    acts_after: list[list[Any]] = []
-    leading: list[Any] = []
-    for step in chain.steps:
-        if isinstance(step, LinearStep):
-            linears.append(step)
-            acts_after.append([])
-        elif isinstance(step, ActStep):
-            (acts_after[-1] if linears else leading).append(step.activation)
-    if not linears:
-        raise ChainError("model: the hand-written kernel needs at least one linear layer.")
-    return chain, linears, acts_after, leading
-
-
-def _apply_acts(acts: list[Any], z: Array) -> tuple[Array, Array]:
-    """Apply activations in turn; return the output and the product of derivatives."""
-    g = jnp.ones_like(z)
-    for act in acts:
-        g = g * act.deriv(z)
-        z = act.fn(z)
-    return z, g
-
-
 def _forward_batch(model: Any, X: Array) -> tuple[Array, Cache, Chain]:
-    chain, linears, acts_after, leading = _layers(model)
-    a = X.reshape(X.shape[0], chain.in_width)  # not -1: B may be 0
-    a, g0 = _apply_acts(leading, a)
-    inputs, pre, derivs = [], [], []
-    for lin, acts in zip(linears, acts_after, strict=True):
-        inputs.append(a)
-        z = a @ lin.weight.T
-        if lin.bias is not None:
-            z = z + lin.bias
-        pre.append(z)
-        a, g = _apply_acts(acts, z)
-        derivs.append(g)
-    y = a.reshape(X.shape[0], *chain.out_shape)
-    return y, Cache(inputs, pre, derivs, g0), chain
+    chain = read_chain(model)
+    check_kernel_chain(chain)
+    y, cache = chain_forward(chain, X)
+    return y, cache, chain
 
 
 def forward(model: Any, x: Float[Array, "*in"]) -> tuple[Float[Array, "*out"], Cache]:
@@ -118,18 +68,6 @@ def forward(model: Any, x: Float[Array, "*in"]) -> tuple[Float[Array, "*out"], C
     return y[0], cache
 
 
-@eqx.filter_jit
-def _jacobian_impl(model, X):
-    _, cache, chain = _forward_batch(model, X)
-    _, linears, _, _ = _layers(model)
-    # G = diag(g_L) W_L, then G <- (G diag(g_l)) W_l for l = L-1 .. 1.
-    G = cache.derivs[-1][:, :, None] * linears[-1].weight
-    for lin, g in zip(reversed(linears[:-1]), reversed(cache.derivs[:-1]), strict=True):
-        G = (G * g[:, None, :]) @ lin.weight
-    G = G * cache.input_deriv[:, None, :]
-    return G.reshape(X.shape[0], *chain.out_shape, *chain.in_shape)
-
-
 def input_jacobian(model: Any, X: Float[Array, "batch *in"]) -> Float[Array, "batch *out *in"]:
     """Per-sample input Jacobians by the explicit recursion `G ← (G · diag(f'(z_l))) W_l`.
 
@@ -147,13 +85,9 @@ def input_jacobian(model: Any, X: Float[Array, "batch *in"]) -> Float[Array, "ba
     `ChainError` (a `ValueError`) if the model has no readable layer chain; `ValueError` /
     `TypeError` for a mis-shaped or non-floating `X`.
     """
-    X = as_float_array(X, "X")
-    chain = read_chain(model)
-    if X.ndim < 1 or X.shape[1:] != chain.in_shape:
-        raise ValueError(
-            f"`X` must have shape (batch, *{chain.in_shape}) for this model, got {X.shape}."
-        )
-    return _jacobian_impl(model, X)
+    from ._jacobian import input_jacobian as _input_jacobian
+
+    return _input_jacobian(model, X, mode="backprop")
 
 
 def squared_error_grad(y_pred: Array, y_true: Array) -> Array:
@@ -178,27 +112,9 @@ def softmax_cross_entropy_grad(logits: Array, y_true: Array) -> Array:
 @eqx.filter_jit
 def _weight_grads_impl(model, loss_grad, X, Y, reduction):
     y, cache, chain = _forward_batch(model, X)
-    _, linears, _, _ = _layers(model)
-    B = X.shape[0]
-    dE_dy = jax.vmap(loss_grad)(y, Y).reshape(B, chain.out_width)
-    delta = dE_dy * cache.derivs[-1]
-    grads_w, grads_b = [], []
-    for idx in reversed(range(len(linears))):
-        a_prev = cache.inputs[idx]
-        if reduction == "none":
-            gw = jnp.einsum("bi,bj->bij", delta, a_prev)
-            gb = delta
-        else:
-            scale = 1.0 / B if reduction == "mean" else 1.0
-            gw = scale * (delta.T @ a_prev)
-            gb = scale * jnp.sum(delta, axis=0)
-        grads_w.append(gw)
-        grads_b.append(gb)
-        if idx > 0:
-            delta = (delta @ linears[idx].weight) * cache.derivs[idx - 1]
-    grads_w.reverse()
-    grads_b.reverse()
-    return _to_model_tree(model, linears, grads_w, grads_b, reduction == "none", B)
+    dE_dy = jax.vmap(loss_grad)(y, Y).reshape(X.shape[0], chain.out_width)
+    grads_w, grads_b = delta_recursion(chain, cache, dE_dy, reduction)
+    return _to_model_tree(model, chain.linears, grads_w, grads_b, reduction == "none", X.shape[0])
 
 
 def _to_model_tree(model, linears, grads_w, grads_b, batched: bool, B: int):
@@ -247,6 +163,7 @@ def weight_grads(
     X = as_float_array(X, "X")
     Y = as_targets(Y, "Y")
     chain = read_chain(model)
+    check_kernel_chain(chain)
     if X.ndim < 1 or X.shape[1:] != chain.in_shape:
         raise ValueError(
             f"`X` must have shape (batch, *{chain.in_shape}) for this model, got {X.shape}."

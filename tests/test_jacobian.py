@@ -62,9 +62,9 @@ def record_modes(monkeypatch):
     seen = []
     original = jac_module._jacobian_impl
 
-    def spy(model, X, mode, chunk_size, out_shape):
-        seen.append(mode)
-        return original(model, X, mode, chunk_size, out_shape)
+    def spy(model, X, plan, chunk_size):
+        seen.append(plan.mode.name)
+        return original(model, X, plan, chunk_size)
 
     monkeypatch.setattr(jac_module, "_jacobian_impl", spy)
     return seen
@@ -226,7 +226,7 @@ def test_callables_autodiff_modes(getkey, record_modes, name):
     for mode in ("chain", "backprop"):
         with pytest.raises(jacsens.ChainError, match="cannot read a layer chain|no readable"):
             jacsens.input_jacobian(model, X, mode=mode)
-    with pytest.raises(jacsens.ChainError):
+    with pytest.raises(ValueError, match="`batch_size`.*example batch"):
         jacsens.jacobian_cost(model)
 
 

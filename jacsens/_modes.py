@@ -1,0 +1,200 @@
+"""Jacobian modes: strategy objects, each owning how it computes and what it costs.
+
+A mode is an `eqx.Module` (as lineax's solvers are): `Rev()`, `Fwd()`, `Chain()`,
+`Backprop()`, and `Auto()`, which selects one of the others for a plan by the cost model.
+Users may pass a mode object or its name (`mode="rev"`); `MODES` is the one list of them.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import equinox as eqx
+import jax
+from jaxtyping import Array
+
+from ._cost import MARGIN, DeviceModel, chain_estimates
+from ._kernel import jacobian_recursion
+from ._order import chain_product, optimal_order
+from ._program._chain import ChainError, chain_forward, read_chain
+
+if TYPE_CHECKING:
+    from ._plan import Plan
+
+Estimate = tuple[float, float, float]  # flops, bytes moved, roofline seconds
+
+
+class AbstractJacobianMode(eqx.Module):
+    """How per-sample input Jacobians are computed.
+
+    Subclasses implement `jacobian` (the batched computation) and `estimate` (the cost
+    model's FLOPs, bytes and time, or `None` where the model gives no basis for one), and
+    may refuse a plan in `check`.
+    """
+
+    name: ClassVar[str]
+    needs_chain: ClassVar[bool] = False
+    # `auto`'s order of preference (lower first); `None`: never chosen by `auto`.
+    auto_rank: ClassVar[int | None] = None
+
+    def check(self, plan: Plan) -> None:
+        """Raise a `ValueError` naming `mode` if this mode cannot run `plan`."""
+
+    @abc.abstractmethod
+    def jacobian(self, plan: Plan, model: Any, X: Array) -> Array:
+        """`(B, *out_shape, *in_shape)` for inputs `X` of shape `(B, *in_shape)`, already in
+        the plan's compute dtype. Traceable; no validation."""
+
+    @abc.abstractmethod
+    def estimate(
+        self, plan: Plan, batch_size: int, itemsize: int, device: DeviceModel
+    ) -> Estimate | None:
+        """`(flops, bytes, seconds)` for a batch of `batch_size`, or `None`."""
+
+
+def _chain_estimate(plan: Plan, name: str, batch_size, itemsize, device) -> Estimate | None:
+    if plan.chain is None:
+        return None
+    return chain_estimates(plan.chain.dims, plan.chain.flags, batch_size, itemsize, device)[name]
+
+
+def _reshape(plan: Plan, J: Array, B: int) -> Array:
+    return J.reshape(B, *plan.out_shape, *plan.in_shape)
+
+
+class Rev(AbstractJacobianMode):
+    """Reverse mode: `vmap(jacrev(model))`, one reverse pass per output element."""
+
+    name: ClassVar[str] = "rev"
+    auto_rank: ClassVar[int | None] = 0
+
+    def jacobian(self, plan, model, X):
+        return jax.vmap(jax.jacrev(model))(X)
+
+    def estimate(self, plan, batch_size, itemsize, device):
+        return _chain_estimate(plan, "rev", batch_size, itemsize, device)
+
+
+class Fwd(AbstractJacobianMode):
+    """Forward mode: `vmap(jacfwd(model))`, one forward pass per input element."""
+
+    name: ClassVar[str] = "fwd"
+    auto_rank: ClassVar[int | None] = 2
+
+    def jacobian(self, plan, model, X):
+        return jax.vmap(jax.jacfwd(model))(X)
+
+    def estimate(self, plan, batch_size, itemsize, device):
+        return _chain_estimate(plan, "fwd", batch_size, itemsize, device)
+
+
+class _NeedsChain(AbstractJacobianMode):
+    needs_chain: ClassVar[bool] = True
+
+    def check(self, plan):
+        if plan.chain is None:
+            why = plan.chain_error or "the model has no readable layer chain"
+            raise ChainError(f"`mode={self.name!r}` needs a readable layer chain: {why}")
+
+
+class Chain(_NeedsChain):
+    """The layer Jacobians multiplied in the FLOP-optimal order (matrix-chain dynamic
+    programme); the per-sample diagonal factors `f'(z)` are applied as scalings."""
+
+    name: ClassVar[str] = "chain"
+    auto_rank: ClassVar[int | None] = 1
+
+    def jacobian(self, plan, model, X):
+        chain = read_chain(model)
+        spec = plan.chain
+        _, cache = chain_forward(chain, X)
+        derivs = [cache.input_deriv, *cache.derivs]
+        diags = [d if flag else None for d, flag in zip(derivs, spec.flags, strict=True)]
+        weights = [s.weight for s in chain.linears]
+        order = optimal_order(spec.dims, spec.flags)
+        return _reshape(plan, chain_product(order, weights, diags, X.shape[0]), X.shape[0])
+
+    def estimate(self, plan, batch_size, itemsize, device):
+        return _chain_estimate(plan, "chain", batch_size, itemsize, device)
+
+
+class Backprop(_NeedsChain):
+    """The hand-written kernel (`jacsens.backprop`): `G ← (G · diag(g_l)) W_l` from the
+    output side, plain `jax.numpy`, no autodiff."""
+
+    name: ClassVar[str] = "backprop"
+
+    def check(self, plan):
+        super().check(plan)
+        if len(plan.chain.dims) < 2:
+            raise ChainError("`mode='backprop'`: the hand-written kernel needs a linear layer.")
+
+    def jacobian(self, plan, model, X):
+        chain = read_chain(model)
+        _, cache = chain_forward(chain, X)
+        return _reshape(plan, jacobian_recursion(chain, cache), X.shape[0])
+
+    def estimate(self, plan, batch_size, itemsize, device):
+        return _chain_estimate(plan, "backprop", batch_size, itemsize, device)
+
+
+# The one list of concrete modes. `auto` tries those with an `auto_rank` in that order and
+# moves to a later one only if it is estimated faster by more than `MARGIN` (10%): where
+# chain's order is the reverse sweep anyway their estimates tie, and measured, jacrev's
+# products are as fast or faster; backprop is a cross-check, never auto's pick.
+MODES: dict[str, type[AbstractJacobianMode]] = {
+    cls.name: cls for cls in (Rev, Fwd, Chain, Backprop)
+}
+
+
+def _rank(cls: type[AbstractJacobianMode]) -> int:
+    return cls.auto_rank if cls.auto_rank is not None else 0
+
+
+class Auto(AbstractJacobianMode):
+    """Select the cheapest mode for a plan by the cost model (`select`)."""
+
+    name: ClassVar[str] = "auto"
+
+    def select(
+        self, plan: Plan, batch_size: int, itemsize: int, device: DeviceModel
+    ) -> AbstractJacobianMode:
+        """The mode `auto` runs for `plan` at `batch_size`: among the modes with a cost
+        estimate, the fastest by more than `MARGIN` in preference order; without any
+        estimate, rev if the output is no wider than the input, else fwd."""
+        best: tuple[str, float] | None = None
+        ranked = sorted((c for c in MODES.values() if c.auto_rank is not None), key=_rank)
+        for cls in ranked:
+            name = cls.name
+            est = cls().estimate(plan, batch_size, itemsize, device)
+            if est is None:
+                continue
+            if best is None or MARGIN * est[2] < best[1]:
+                best = (name, est[2])
+        if best is not None:
+            return MODES[best[0]]()
+        n_in, n_out = math.prod(plan.in_shape), math.prod(plan.out_shape)
+        return Rev() if n_out <= n_in else Fwd()
+
+    def jacobian(self, plan, model, X):
+        raise TypeError("Auto is resolved to a concrete mode when the plan is made.")
+
+    def estimate(self, plan, batch_size, itemsize, device):
+        return None
+
+
+MODE_NAMES: tuple[str, ...] = ("auto", *MODES)
+
+
+def get_mode(mode: Any, argname: str = "mode") -> AbstractJacobianMode:
+    """A mode object from a name or a mode object."""
+    if isinstance(mode, AbstractJacobianMode):
+        return mode
+    if isinstance(mode, str):
+        if mode == "auto":
+            return Auto()
+        if mode in MODES:
+            return MODES[mode]()
+    raise ValueError(f"Unknown `{argname}` {mode!r}; expected one of {MODE_NAMES}.")

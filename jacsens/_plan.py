@@ -1,0 +1,239 @@
+"""The plan: the one analysis of a model for a batch of inputs.
+
+`make_plan(model, X, mode)` checks `X` against the model, fixes the per-sample shapes and
+the dtype rule, reads the model's program view (a layer chain where there is one) and
+resolves the Jacobian mode. Public functions validate, make a plan and run it; private
+kernels (sensitivity, attribution) run plans directly and never call back into the
+validating public functions.
+
+Plans are cached by everything they depend on except the values of the model's arrays
+(the model's pytree structure, its arrays' shapes and dtypes, `X`'s shape and dtype, the
+mode, the backend and the relevant JAX flags), so a repeated call costs one look-up and
+never re-traces the model in Python.
+
+The dtype rule: the model is applied to `X` promoted to at least the precision of the
+model's floating parameters, and every derivative is returned in the dtype of the model's
+output (a float64 model given float32 inputs returns float64 derivatives).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+from collections.abc import Hashable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from ._batching import map_chunks
+from ._cost import DeviceModel, JacobianCost, device_model
+from ._modes import MODES, AbstractJacobianMode, Auto, get_mode
+from ._order import optimal_order
+from ._program._chain import ChainError, ChainSpec, read_chain, structure_key
+from ._validate import promote_float
+
+_CACHE_SIZE = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything known about a model and a batch before any number is computed.
+
+    **Fields:**
+
+    - `in_shape`, `out_shape`: per-sample input and output shapes.
+    - `in_dtype`: the dtype of the `X` the plan was made for.
+    - `dtype`: the compute dtype the model is applied in.
+    - `out_dtype`: the model's output dtype, in which every derivative is returned.
+    - `batch_size`: the batch (or chunk) size the mode was chosen for.
+    - `chain`: the layer-chain structure, or `None` (then `chain_error` says why).
+    - `mode`: the concrete Jacobian mode (never `Auto`).
+    """
+
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    in_dtype: Any
+    dtype: Any
+    out_dtype: Any
+    batch_size: int
+    chain: ChainSpec | None
+    chain_error: str | None
+    mode: AbstractJacobianMode
+
+    @property
+    def n_in(self) -> int:
+        return math.prod(self.in_shape)
+
+    @property
+    def n_out(self) -> int:
+        return math.prod(self.out_shape)
+
+    def jacobian(self, model: Any, X: Array, chunk_size: int | None = None) -> Array:
+        """Per-sample Jacobians `(B, *out_shape, *in_shape)` in `out_dtype`; traceable."""
+        X = X.astype(self.dtype)
+        J = map_chunks(lambda Xc: self.mode.jacobian(self, model, Xc), X, chunk_size=chunk_size)
+        return J.astype(self.out_dtype)
+
+    def hessian(self, model: Any, X: Array, chunk_size: int | None = None) -> Array:
+        """Per-sample Hessians `(B, *out_shape, *in_shape, *in_shape)`, forward over
+        reverse, in `out_dtype`; traceable."""
+        X = X.astype(self.dtype)
+        H = map_chunks(jax.vmap(jax.jacfwd(jax.jacrev(model))), X, chunk_size=chunk_size)
+        return H.astype(self.out_dtype)
+
+    def peak_bytes(self, batch_size: int) -> int:
+        """Estimated peak memory of `jacobian` on `batch_size` rows: the result, its copy
+        and the widest block of seeds a sweep carries through the layers."""
+        itemsize = jnp.dtype(self.dtype).itemsize
+        widest = max(self.chain.dims) if self.chain is not None else 4 * max(self.n_in, self.n_out)
+        seeds = self.n_in if self.mode.name == "fwd" else self.n_out
+        per_row = 2 * self.n_out * self.n_in + seeds * widest + self.n_in + self.n_out
+        return int(itemsize * per_row * batch_size)
+
+    def cost(self, batch_size: int | None = None, platform: str | None = None) -> JacobianCost:
+        """The cost model's estimate of every mode with one, and `auto`'s choice."""
+        batch = self.batch_size if batch_size is None else batch_size
+        device = device_model(platform)
+        return _cost(self, batch, device)
+
+
+def _cost(plan: Plan, batch: int, device: DeviceModel) -> JacobianCost:
+    itemsize = jnp.dtype(plan.dtype).itemsize
+    flops, nbytes, seconds = {}, {}, {}
+    for name, cls in MODES.items():
+        est = cls().estimate(plan, batch, itemsize, device)
+        if est is not None:
+            flops[name], nbytes[name], seconds[name] = est
+    best = Auto().select(plan, batch, itemsize, device).name
+    order = None
+    if plan.chain is not None and len(plan.chain.dims) > 1:
+        order = optimal_order(plan.chain.dims, plan.chain.flags).describe()
+    return JacobianCost(batch, flops, nbytes, best, order, seconds, device.name)
+
+
+_plans: collections.OrderedDict[Hashable, Plan] = collections.OrderedDict()
+analyses = 0  # models analysed (cache misses): read by tests that count analyses
+
+
+def clear_cache() -> None:
+    """Forget every cached plan (benchmarks measure cold starts with it)."""
+    _plans.clear()
+
+
+def _struct(X: Any) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(tuple(X.shape), jnp.dtype(X.dtype))
+
+
+def make_plan(
+    model: Any,
+    X: Any,
+    mode: Any = "auto",
+    *,
+    argname: str = "X",
+    chunk_size: int | None = None,
+) -> Plan:
+    """Check a batch `X` against `model` and plan the Jacobian computation.
+
+    **Arguments:**
+
+    - `model`: a callable on one sample.
+    - `X`: the batch `(B, *in_shape)` (an array, tracer or `jax.ShapeDtypeStruct`), already
+        validated as floating point.
+    - `mode`: a mode name or object; `"auto"` (or `None`: no particular mode needed) is
+        resolved for the batch (or chunk) size.
+    - `argname`: the name of `X` in error messages.
+    - `chunk_size`: the chunk size the plan will run in, if any (`auto` chooses for it).
+
+    **Raises:**
+
+    `TypeError` if `model` is not callable or does not return one floating array;
+    `ValueError` naming `argname` if `X` does not fit the model, `mode` if it is unknown or
+    cannot run this model.
+    """
+    if not callable(model):
+        raise TypeError(f"`model` must be callable, got {type(model).__name__}.")
+    mode = Auto() if mode is None else get_mode(mode)
+    x = _struct(X)
+    if len(x.shape) < 1:
+        raise ValueError(f"`{argname}` must have a leading batch axis, got shape {x.shape}.")
+    batch = x.shape[0] if chunk_size is None else min(x.shape[0], chunk_size)
+    skey = structure_key(model)
+    key = None
+    if skey is not None:
+        key = (
+            skey,
+            x,
+            mode,
+            argname,
+            batch,
+            jax.default_backend(),
+            jax.config.jax_enable_x64,
+            jax.config.jax_numpy_dtype_promotion,
+        )
+        plan = _plans.get(key)
+        if plan is not None:
+            _plans.move_to_end(key)
+            return plan
+    plan = _analyse(model, x, mode, argname, batch)
+    if key is not None:
+        _plans[key] = plan
+        if len(_plans) > _CACHE_SIZE:
+            _plans.popitem(last=False)
+    return plan
+
+
+def _param_dtypes(model: Any) -> list[Any]:
+    leaves = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
+    return [jnp.dtype(a.dtype) for a in leaves]
+
+
+def _analyse(model, x: jax.ShapeDtypeStruct, mode, argname: str, batch: int) -> Plan:
+    global analyses
+    analyses += 1
+    chain_error = None
+    try:
+        chain = read_chain(model)
+    except ChainError as e:
+        chain, chain_error = None, str(e)
+    if chain is not None and x.shape[1:] != chain.in_shape:
+        expected = chain.in_shape
+        raise ValueError(
+            f"`{argname}` must have shape (batch, {', '.join(map(str, expected))}) for "
+            f"this model (one sample is {expected}), got {x.shape}."
+        )
+    in_shape = tuple(x.shape[1:])
+    dtype = promote_float(x.dtype, *_param_dtypes(model))
+    try:
+        out = jax.eval_shape(model, jax.ShapeDtypeStruct(in_shape, dtype))
+    except Exception as e:  # the model's own error, re-raised naming the argument
+        raise ValueError(
+            f"`model` cannot be applied to one sample of `{argname}` (shape {in_shape}, "
+            f"from `{argname}` of shape {x.shape}): {type(e).__name__}: {e}"
+        ) from e
+    if not isinstance(out, jax.ShapeDtypeStruct):
+        raise TypeError(
+            f"`model` must return a single array, got {jax.tree_util.tree_structure(out)}."
+        )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(f"`model` must return a floating array, got dtype {out.dtype}.")
+    out_dtype = jnp.dtype(out.dtype)
+    plan = Plan(
+        in_shape=in_shape,
+        out_shape=tuple(out.shape),
+        in_dtype=jnp.dtype(x.dtype),
+        dtype=promote_float(dtype, out_dtype),
+        out_dtype=out_dtype,
+        batch_size=batch,
+        chain=None if chain is None else chain.spec,
+        chain_error=chain_error,
+        mode=mode,
+    )
+    if isinstance(mode, Auto):
+        itemsize = jnp.dtype(plan.dtype).itemsize
+        mode = mode.select(plan, max(batch, 1), itemsize, device_model())
+    mode.check(plan)
+    return dataclasses.replace(plan, mode=mode)
