@@ -27,6 +27,33 @@ from ._validate import (
 Callback = Callable[[int, Any, "History"], "bool | None"]
 
 
+class NonFiniteLossError(FloatingPointError):
+    """`jacsens.fit` met a non-finite loss or parameter during training.
+
+    A subclass of `FloatingPointError`. Training stops at the first mini-batch step whose
+    loss or updated parameters are not all finite (or at an epoch whose validation loss
+    is not finite); that step is not applied. A non-finite gradient stops training
+    through the parameters it makes non-finite (an optimizer that drops such gradients,
+    `optax.zero_nans()`, keeps training).
+
+    **Attributes:**
+
+    - `model`: the model after the last finite step: every parameter is finite (but the
+        model may already produce non-finite outputs, which is what stopped training).
+    - `history`: the `History` of the epochs completed before the failure.
+    - `epoch`: the 0-based epoch in which training stopped.
+    - `step`: the 0-based mini-batch step of that epoch whose update was refused, or
+        `None` when the validation loss was the non-finite value.
+    """
+
+    def __init__(self, message: str, *, model: Any, history: History, epoch: int, step: int | None):
+        super().__init__(message)
+        self.model = model
+        self.history = history
+        self.epoch = epoch
+        self.step = step
+
+
 @dataclasses.dataclass(frozen=True)
 class History:
     """Per-epoch losses of a `jacsens.fit` run.
@@ -110,12 +137,22 @@ def _masked_mean_loss(params, static, X, Y, weight, loss_fn):
     return jnp.sum(jnp.where(weight > 0, per_sample, 0)) / jnp.sum(weight)
 
 
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if eqx.is_inexact_array(x)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
 @eqx.filter_jit
 def _run_epoch(params, opt_state, static, X, Y, key, epoch, optimizer, loss_fn, batch_size):
     """One epoch: a fresh permutation, then `lax.scan` over its mini-batches.
 
     The final partial batch is padded with weight-0 rows, so every step has the same shape
     and the step is compiled once; its loss and gradient are those of the real rows only.
+
+    A step whose loss or updated parameters are not all finite is not applied,
+    and neither is any later step of the epoch: the returned parameters are those after
+    the last finite step, and `bad_step` is the index of the first refused step (-1 if
+    none), so the caller can stop with a model that is still finite.
     """
     n = X.shape[0]
     perm = jax.random.permutation(jax.random.fold_in(key, epoch), n)
@@ -126,24 +163,59 @@ def _run_epoch(params, opt_state, static, X, Y, key, epoch, optimizer, loss_fn, 
     opt_arrays, opt_static = eqx.partition(opt_state, eqx.is_array)
 
     def step(carry, batch):
-        params, opt_arrays = carry
-        idx, w = batch
+        params, opt_arrays, bad_step = carry
+        i, idx, w = batch
         opt_state = eqx.combine(opt_arrays, opt_static)
         loss, grads = eqx.filter_value_and_grad(_masked_mean_loss)(
             params, static, X[idx], Y[idx], w.astype(X.dtype), loss_fn
         )
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = eqx.apply_updates(params, updates)
-        return (params, eqx.filter(opt_state, eqx.is_array)), loss
+        # optax relies on standard promotion (Adam's `decay ** count` mixes a float with
+        # the int32 step count): run it so under a strict user setting too
+        with jax.numpy_dtype_promotion("standard"):
+            updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        new_params = eqx.apply_updates(params, updates)
+        # gradients are not checked themselves: an optimizer may deliberately drop non-finite
+        # ones (optax.zero_nans); a plain one turns them into non-finite parameters
+        finite = jnp.isfinite(loss) & _all_finite(new_params)
+        take = finite & (bad_step < 0)
+        # jnp.where(True, new, old) is `new` bit for bit: finite runs are unchanged
+        params = jax.tree.map(lambda a, b: jnp.where(take, a, b), new_params, params)
+        opt_arrays = jax.tree.map(
+            lambda a, b: jnp.where(take, a, b), eqx.filter(new_opt_state, eqx.is_array), opt_arrays
+        )
+        bad_step = jnp.where((bad_step < 0) & ~finite, i, bad_step)
+        return (params, opt_arrays, bad_step), jnp.where(take, loss, jnp.zeros_like(loss))
 
-    (params, opt_arrays), losses = jax.lax.scan(step, (params, opt_arrays), (idx, weight))
-    rows = jnp.sum(weight, axis=1).astype(losses.dtype)
-    return params, eqx.combine(opt_arrays, opt_static), jnp.sum(losses * rows) / n
+    steps = jnp.arange(n_batches, dtype=jnp.int32)
+    (params, opt_arrays, bad_step), losses = jax.lax.scan(
+        step, (params, opt_arrays, jnp.asarray(-1, jnp.int32)), (steps, idx, weight)
+    )
+    # the epoch mean in at least float32: a float16 sum over many batches could overflow
+    acc = losses.dtype if jnp.finfo(losses.dtype).bits >= 32 else jnp.dtype(jnp.float32)
+    rows = jnp.sum(weight, axis=1).astype(acc)
+    epoch_loss = jnp.sum(losses.astype(acc) * rows) / n
+    return params, eqx.combine(opt_arrays, opt_static), epoch_loss, bad_step
 
 
 @eqx.filter_jit
 def _eval_loss(params, static, X, Y, loss_fn):
     return _mean_loss(params, static, X, Y, loss_fn)
+
+
+def _check_finite(A: jax.Array, argname: str) -> None:
+    """Refuse NaN/Inf in a data array, naming the argument and the first bad row."""
+    if not jnp.issubdtype(A.dtype, jnp.inexact) or A.shape[0] == 0:
+        return
+    row_ok = np.asarray(jnp.all(jnp.isfinite(A), axis=tuple(range(1, A.ndim))))
+    bad = np.flatnonzero(~row_ok)
+    if bad.size:
+        r = int(bad[0])
+        kind = "NaN" if bool(jnp.any(jnp.isnan(A[r]))) else "Inf"
+        raise ValueError(
+            f"`{argname}` must be finite: row {r} contains {kind} ({bad.size} of "
+            f"{A.shape[0]} rows are not finite). Training on it would make every weight NaN; "
+            f"drop or impute those rows first."
+        )
 
 
 def _check_targets(model, X, Y, loss, loss_fn: LossFn, xname: str, yname: str):
@@ -219,9 +291,16 @@ def fit(
 
     **Raises:**
 
-    `TypeError`/`ValueError` naming the argument for mismatched shapes or batch sizes,
-    non-positive `epochs`/`batch_size`, or an `optimizer` that is not an optax
-    transformation.
+    - `ValueError`/`TypeError` naming the argument, before any training, for mismatched
+        shapes or batch sizes, non-positive `epochs`/`batch_size`, an `optimizer` that is
+        not an optax transformation, or NaN/Inf in `X`, `Y` or `validation` (the message
+        names the first non-finite row).
+    - `jacsens.NonFiniteLossError` (a `FloatingPointError`) when training diverges:
+        the first mini-batch step whose loss or updated parameters are not finite is not
+        applied and training stops; the error carries `.model` (the model
+        after the last finite step), `.history` (the completed epochs), `.epoch` and
+        `.step`. A non-finite validation loss stops training the same way (`.step` is
+        `None`).
     """
     if not isinstance(model, eqx.Module):
         raise TypeError(f"`model` must be an equinox Module, got {type(model).__name__}.")
@@ -249,6 +328,8 @@ def fit(
     _check_targets(model, X, Y, loss, loss_fn, "X", "Y")
     if X.shape[0] == 0:
         raise ValueError("`X` must contain at least one sample, got 0 rows.")
+    _check_finite(X, "X")
+    _check_finite(Y, "Y")
     if validation is not None:
         if not isinstance(validation, tuple | list) or len(validation) != 2:
             raise TypeError("`validation` must be a pair (X_val, Y_val).")
@@ -264,17 +345,20 @@ def fit(
                 f"`validation[1]` must have samples of shape {Y.shape[1:]} like `Y`, got "
                 f"{Yv.shape[1:]}."
             )
+        _check_finite(Xv, "validation[0]")
+        _check_finite(Yv, "validation[1]")
     batch_size = min(batch_size, X.shape[0])
 
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    opt_state = optimizer.init(params)
+    with jax.numpy_dtype_promotion("standard"):  # see _run_epoch
+        opt_state = optimizer.init(params)
     train_loss: list[float] = []
     val_loss: list[float] | None = [] if validation is not None else None
     stopped = False
     bar = progress_bar(progress, total=epochs, desc="fit", unit="epoch", leave=False)
     try:
         for epoch in range(epochs):
-            params, opt_state, epoch_loss = _run_epoch(
+            params, opt_state, epoch_loss, bad_step = _run_epoch(
                 params,
                 opt_state,
                 static,
@@ -286,9 +370,35 @@ def fit(
                 loss_fn,
                 batch_size,
             )
+            bad_step = int(bad_step)
+            if bad_step >= 0:
+                raise NonFiniteLossError(
+                    f"Training stopped: the loss or the updated parameters became "
+                    f"non-finite in epoch {epoch}, mini-batch step {bad_step} (the data are "
+                    "finite, so the model diverged: lower the learning rate, or check the "
+                    "model and loss for NaN-producing operations). The model after the last "
+                    "finite step is on this error's `.model`, the history on `.history`.",
+                    model=eqx.combine(params, static),
+                    history=_history(train_loss, val_loss, False),
+                    epoch=epoch,
+                    step=bad_step,
+                )
+            if val_loss is not None:
+                v = float(_eval_loss(params, static, Xv, Yv, loss_fn))
+                if not np.isfinite(v):
+                    raise NonFiniteLossError(
+                        f"Training stopped: the validation loss became {v} after epoch "
+                        f"{epoch} (the training steps were finite). The model reached is on "
+                        "this error's `.model`, the history of the earlier epochs on "
+                        "`.history`.",
+                        model=eqx.combine(params, static),
+                        history=_history(train_loss, val_loss, False),
+                        epoch=epoch,
+                        step=None,
+                    )
             train_loss.append(float(epoch_loss))
             if val_loss is not None:
-                val_loss.append(float(_eval_loss(params, static, Xv, Yv, loss_fn)))
+                val_loss.append(v)
             if bar is not None:
                 post = {"loss": f"{train_loss[-1]:.4g}"}
                 if val_loss is not None:
@@ -296,9 +406,7 @@ def fit(
                 bar.set_postfix(post, refresh=False)
                 bar.update(1)
             if callbacks:
-                hist = History(
-                    tuple(train_loss), None if val_loss is None else tuple(val_loss), False
-                )
+                hist = _history(train_loss, val_loss, False)
                 current = eqx.combine(params, static)
                 # Every callback runs each epoch; any truthy answer (True, np.True_,
                 # jnp.asarray(True)) stops training, None or a falsy one does not.
@@ -309,5 +417,8 @@ def fit(
     finally:
         if bar is not None:
             bar.close()
-    history = History(tuple(train_loss), None if val_loss is None else tuple(val_loss), stopped)
-    return eqx.combine(params, static), history
+    return eqx.combine(params, static), _history(train_loss, val_loss, stopped)
+
+
+def _history(train_loss: list[float], val_loss: list[float] | None, stopped: bool) -> History:
+    return History(tuple(train_loss), None if val_loss is None else tuple(val_loss), stopped)
