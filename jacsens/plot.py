@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 if TYPE_CHECKING:
-    from ._sensitivity import SensitivityResult
+    from ._sensitivity._result import SensitivityResult
 
 _LABELS = {
     "mean": "mean ∂y/∂x",

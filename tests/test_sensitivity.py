@@ -215,7 +215,8 @@ def test_scalar_input_model(getkey):
     for data, ref in [
         (x, J),
         (jnp.asarray(x), J),
-        ([x[:7], x[7:30], x[30:]], J),
+        (iter([x[:7], x[7:30], x[30:]]), J),
+        (list(x), J),  # a list of numbers: one array of scalar rows
         (s, Js),
     ]:
         r = jacsens.sensitivity(m, data, chunk_size=16)
@@ -333,8 +334,9 @@ def test_interrupted_run_resumes_to_same_result(seed_net, getkey, tmp_path):
             seed_net, _batches(X, sizes, 5), chunk_size=64, checkpoint=ckpt, checkpoint_every=3
         )
     with np.load(ckpt, allow_pickle=False) as z:
-        meta = json.loads(str(z["_meta"]))
+        meta = json.loads(str(z["_header"]))["checkpoint"]
     assert 0 < meta["rows_done"] < 900 and meta["rows_done"] % 64 == 0
+    assert meta["rows_done"] == jacsens.SensitivityResult.load(ckpt).n
     resumed = jacsens.sensitivity(seed_net, _batches(X, sizes), chunk_size=64, checkpoint=ckpt)
     for f in ("mean", "mean_abs", "dgsm", "std", "max_abs", "mean_se", "std_se"):
         np.testing.assert_array_equal(getattr(resumed, f), getattr(whole, f))
@@ -347,8 +349,8 @@ def test_interrupted_run_resumes_to_same_result(seed_net, getkey, tmp_path):
     again = jacsens.sensitivity(seed_net, s, chunk_size=128, checkpoint=ck2)  # already complete
     np.testing.assert_array_equal(part.dgsm, ref.dgsm)
     np.testing.assert_array_equal(again.dgsm, ref.dgsm)
-    with pytest.raises(ValueError, match="checkpoint.*chunk_size"):
-        jacsens.sensitivity(seed_net, s, chunk_size=256, checkpoint=ck2)
+    with pytest.raises(ValueError, match="checkpoint.*its mode"):
+        jacsens.sensitivity(seed_net, s, chunk_size=128, mode="fwd", checkpoint=ck2)
     other_key = jacsens.uniform(np.tile([0.0, 1.0], (52, 1)), 1000, getkey())
     with pytest.raises(ValueError, match="checkpoint.*data"):
         jacsens.sensitivity(seed_net, other_key, chunk_size=128, checkpoint=ck2)
@@ -402,14 +404,14 @@ def test_checkpoint_rejects_other_model_or_data(getkey, tmp_path):
 def test_model_fingerprint_is_the_same_in_another_process():
     # memory addresses in reprs (functions in static fields) must not enter the identity,
     # or a checkpoint could never be resumed by a new process
-    from jacsens._sensitivity import _model_fingerprint
+    from jacsens._sensitivity import model_fingerprint as _model_fingerprint
 
     code = textwrap.dedent(
         """
         import equinox as eqx, jax, jax.numpy as jnp
         jax.config.update("jax_enable_x64", True)
         import jacsens
-        from jacsens._sensitivity import _model_fingerprint
+        from jacsens._sensitivity import model_fingerprint as _model_fingerprint
         def f(x):
             return jnp.sin(x).sum()
         models = [
@@ -447,7 +449,7 @@ def test_nan_policy(seed_net, getkey):
     X[[5, 130, 131]] = np.nan
     X[200, 3] = np.inf
     with pytest.raises(
-        ValueError, match=r"input values.*chunk 1, row 60 of the chunk \(sample 124\)"
+        ValueError, match=r"input values.*sample 124 \(row 60 of the chunk starting at sample 64\)"
     ):
         jacsens.sensitivity(seed_net, X[6:], chunk_size=64)
     r = jacsens.sensitivity(seed_net, X, chunk_size=64, nan_policy="omit")
@@ -456,7 +458,7 @@ def test_nan_policy(seed_net, getkey):
     J = _reference_stats(seed_net, X[keep])
     assert r.n == 296 and r.n_omitted == 4
     assert_close(r.dgsm, (J**2).mean(0), 1e-12)
-    with pytest.raises(ValueError, match="derivatives.*chunk 0, row 2 "):
+    with pytest.raises(ValueError, match="derivatives.*sample 2 "):
         jacsens.sensitivity(jnp.sqrt, np.array([[1.0], [2.0], [0.0]]))  # ∂√x/∂x = ∞ at 0
     with pytest.raises(ValueError, match="nan_policy"):
         jacsens.sensitivity(seed_net, X, nan_policy="ignore")
@@ -475,9 +477,9 @@ def test_bad_input(seed_net):
     with pytest.raises(ValueError, match="empty"):
         jacsens.sensitivity(seed_net, iter([]))
     with pytest.raises(ValueError, match="empty"):
-        jacsens.sensitivity(seed_net, [np.zeros((0, 52))])
+        jacsens.sensitivity(seed_net, iter([np.zeros((0, 52))]))
     with pytest.raises(ValueError, match="batch 2 has feature shape \\(51,\\)"):
-        jacsens.sensitivity(seed_net, [X, X, np.zeros((4, 51))])
+        jacsens.sensitivity(seed_net, iter([X, X, np.zeros((4, 51))]))
     with pytest.raises(ValueError, match="data"):
         jacsens.sensitivity(seed_net, np.zeros((10, 51)))
     with pytest.raises(TypeError, match="data"):
@@ -541,16 +543,18 @@ def test_sobol_bound_closed_form(lin_result):
         lin_result.sobol_bound(bounds, 0.0)
 
 
-@pytest.mark.parametrize("suffix", [".npz", ".json"])
-def test_save_load_roundtrip(lin_result, tmp_path, suffix):
-    path = tmp_path / f"res{suffix}"
+def test_save_load_roundtrip(lin_result, tmp_path):
+    path = tmp_path / "res.npz"
     lin_result.save(path)
     back = jacsens.SensitivityResult.load(path)
     assert back.feature_names == lin_result.feature_names and back.n == lin_result.n
-    for f in ("mean", "dgsm", "std_se", "max_abs"):
+    assert back.output_names == ("out",) and back.mode == lin_result.mode
+    for f in ("mean", "mean_se", "mean_abs", "dgsm", "dgsm_se", "std", "std_se", "max_abs"):
         np.testing.assert_array_equal(getattr(back, f), getattr(lin_result, f))
     assert back.interactions is None
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"res{suffix}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["res.npz"]
+    with pytest.raises(ValueError, match=r"\.npz"):
+        lin_result.save(tmp_path / "res.json")
 
 
 @pytest.mark.parametrize("kind", ["bar", "heatmap"])
@@ -579,23 +583,42 @@ def test_progress_bar_in_a_terminal(seed_net, monkeypatch, capsys):
 
 
 def test_iterable_chunking_copies_each_row_once():
-    """Re-chunking an iterable slices views of big batches (it used to re-concatenate the
+    """Re-chunking a stream slices views of big batches (it used to re-concatenate the
     whole remaining buffer after every chunk: quadratic in the batch size)."""
-    from jacsens._sensitivity import _IterableSource
+    from jacsens._sensitivity._sources import IterableSource
 
     X = np.arange(10_007 * 3, dtype=np.float32).reshape(10_007, 3)
     batches = [X[:5], X[5:4000], X[4000:4001], X[4001:]]
-    chunks = list(_IterableSource(batches).chunks(64, 0))
+
+    def blocks(src, size, start=0):
+        out = []
+        while True:
+            block, n = src.read(start, size)
+            if n == 0:
+                return out
+            assert block.shape == (size, 3)
+            out.append((start, block, n))
+            src.release(start + n)
+            start += n
+
+    chunks = blocks(IterableSource(batches), 64)
     assert [n for _, _, n in chunks] == [64] * (10_007 // 64) + [10_007 % 64]
-    assert [i for i, _, _ in chunks] == list(range(len(chunks)))
     got = np.concatenate([c[:n] for _, c, n in chunks])
     np.testing.assert_array_equal(got, X)
+    np.testing.assert_array_equal(chunks[-1][1][10_007 % 64 :], 0.0)  # padding
     # a chunk inside one batch is a view of it, not a copy
-    one = list(_IterableSource([X]).chunks(64, 0))
+    one = blocks(IterableSource([X]), 64)
     assert all(np.shares_memory(c, X) for _, c, n in one if n == 64)
-    # resuming at a chunk skips exactly its rows
-    resumed = list(_IterableSource(batches).chunks(64, 7))
-    np.testing.assert_array_equal(resumed[0][1], X[7 * 64 : 8 * 64])
+    # resuming at a row skips exactly the rows before it
+    src = IterableSource(batches)
+    src.release(7 * 64)
+    np.testing.assert_array_equal(src.read(7 * 64, 64)[0], X[7 * 64 : 8 * 64])
+    # rows not yet released can be read again (the out-of-memory back-off does)
+    src = IterableSource(batches)
+    first, _ = src.read(0, 100)
+    src.read(100, 100)
+    again, _ = src.read(0, 50)
+    np.testing.assert_array_equal(again, first[:50])
 
 
 def test_checkpoint_refuses_other_nan_policy(seed_net, tmp_path):
@@ -606,3 +629,378 @@ def test_checkpoint_refuses_other_nan_policy(seed_net, tmp_path):
     assert r.n_omitted == 1
     with pytest.raises(ValueError, match="nan_policy"):
         jacsens.sensitivity(seed_net, X, chunk_size=16, nan_policy="raise", checkpoint=ck)
+
+
+# ------------------------------------------------------------------ statistics that cannot overflow
+
+
+def _exact_statistics(J):
+    """Every statistic of a fixed sample `J` (n, ...) by the textbook formulas in float64,
+    including the delta-method SE of std, which needs the fourth central moment."""
+    J = np.asarray(J, np.float64)
+    n = J.shape[0]
+    d = J - J.mean(0)
+    var = (d**2).sum(0) / (n - 1)
+    mu4 = (d**4).sum(0) / n
+    return {
+        "mean": J.mean(0),
+        "mean_se": np.sqrt(var / n),
+        "mean_abs": np.abs(J).mean(0),
+        "mean_abs_se": np.abs(J).std(0, ddof=1) / np.sqrt(n),
+        "dgsm": (J**2).mean(0),
+        "dgsm_se": (J**2).std(0, ddof=1) / np.sqrt(n),
+        "std": np.sqrt(var),
+        "std_se": np.sqrt(np.maximum(mu4 - var**2, 0) / n) / (2 * np.sqrt(var)),
+        "max_abs": np.abs(J).max(0),
+    }
+
+
+W3 = np.array([1.0, 3.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    "dtype, scale",
+    [
+        *[("float32", c) for c in (1e-16, 2e9, 2e19, 1e30)],
+        *[("float64", c) for c in (1e-16, 2e9, 2e19, 1e30, 1e-100, 1e100)],
+    ],
+)
+def test_statistics_finite_for_any_finite_jacobian(dtype, scale):
+    # f = s Σ w_i x_i² / 2, so ∂f/∂x_i = s w_i x_i: changes sign, spans two decades
+    rng = np.random.default_rng(11)
+    X = (0.3 + rng.standard_normal((700, 3))).astype(dtype)
+
+    def f(x):
+        return jnp.asarray(scale, x.dtype) * jnp.sum(jnp.asarray(W3, x.dtype) * x * x) / 2
+
+    # the float64 reference of J = s·w·x, formed as s^k × (statistic of w·x): J⁴ itself
+    # would underflow float64 at s = 1e-100
+    power = {"dgsm": 2, "dgsm_se": 2}
+    ref = {
+        k: v * scale ** power.get(k, 1)
+        for k, v in _exact_statistics(W3 * X.astype(np.float64)).items()
+    }
+    if 1e-30 <= scale <= 1e30:  # and directly, where float64 holds J⁴
+        direct = _exact_statistics(scale * W3 * X.astype(np.float64))
+        for k in ref:
+            assert_close(direct[k], ref[k], 1e-12)
+    with jax.enable_x64(dtype == "float64"):
+        r = jacsens.sensitivity(f, X, chunk_size=128, progress=False)  # 5 chunks + 60 rows
+    for name, want in ref.items():
+        got = getattr(r, name)[0]
+        assert np.all(np.isfinite(got)) and np.all(got != 0), (name, got)
+        # float32: the Jacobian itself is rounded to 6e-8; float64: round-off only
+        assert_close(got, want, 2e-5 if dtype == "float32" else 1e-10)
+    assert r.ranking() == ["x1", "x2", "x0"]
+    assert r.ranking(by="dgsm") == ["x1", "x2", "x0"]
+
+
+def test_standard_errors_are_the_exact_formulas_on_a_fixed_sample():
+    # uniform x has kurtosis 1.8, far from the normal 3: an SE of std that ignored the
+    # fourth moment (σ/√(2n)) would be off by ~37%
+    rng = np.random.default_rng(3)
+    X = rng.uniform(-1.0, 1.0, (500, 5))
+    r = jacsens.sensitivity(quadratic, X, chunk_size=64, progress=False)
+    ref = _exact_statistics(2 * C * X)
+    for name, want in ref.items():
+        assert_close(getattr(r, name)[0], want, 1e-10)
+    gaussian_guess = ref["std"] / np.sqrt(2 * 500)
+    assert np.all(np.abs(r.std_se[0] / gaussian_guess - 1) > 0.2)
+
+
+def test_mean_abs_is_not_abs_mean_when_the_jacobian_changes_sign():
+    # ∂/∂x_i Σ c_i x_i² = 2 c_i x_i over x ~ U(-1, 1): mean ≈ 0 but mean |J| ≈ |c_i|
+    rng = np.random.default_rng(4)
+    X = rng.uniform(-1.0, 1.0, (2000, 5))
+    r = jacsens.sensitivity(quadratic, X, chunk_size=256, progress=False)
+    J = 2 * C * X
+    assert_close(r.mean_abs[0], np.abs(J).mean(0), 1e-12)
+    assert_close(r.mean[0], J.mean(0), 1e-10)
+    assert np.all(r.mean_abs[0] > 10 * np.abs(r.mean[0]))
+    assert r.ranking() == ["x2", "x4", "x0", "x1", "x3"]
+
+
+def test_non_finite_jacobian_from_finite_inputs_names_the_sample():
+    def f(x):  # ∂f/∂x = 2·3e38·x: overflows float32 for |x| > 0.6
+        return jnp.asarray(3e38, x.dtype) * jnp.sum(x * x)
+
+    X = np.full((40, 2), 0.1, np.float32)
+    X[33, 1] = 0.9
+    with jax.enable_x64(False):
+        with pytest.raises(ValueError, match=r"derivatives.*sample 33 "):
+            jacsens.sensitivity(f, X, chunk_size=16, progress=False)
+        r = jacsens.sensitivity(f, X, chunk_size=16, progress=False, nan_policy="omit")
+    assert r.n == 39 and r.n_omitted == 1
+    assert_close(r.mean[0], 2 * 3e38 * np.float64(np.float32(0.1)) * np.ones(2), 1e-6)
+
+
+def test_ranking_refuses_undefined_values(seed_net):
+    r = jacsens.sensitivity(seed_net, np.zeros((1, 52)), progress=False)
+    assert np.all(np.isnan(r.std))
+    with pytest.raises(ValueError, match="std.*undefined"):
+        r.ranking(by="std")
+    assert len(r.ranking()) == 52
+
+
+# ------------------------------------------------------------------ data kinds
+
+
+def test_array_likes_are_one_array(seed_net, getkey):
+    X = np.asarray(jax.random.normal(getkey(), (90, 52)))
+    ref = jacsens.sensitivity(seed_net, X, chunk_size=32, progress=False)
+    for data in (X.tolist(), tuple(X), list(X)):
+        r = jacsens.sensitivity(seed_net, data, chunk_size=32, progress=False)
+        np.testing.assert_array_equal(r.dgsm, ref.dgsm)
+        assert r.n == 90
+    # a list of batches is not rows: a clear message says how to stream them
+    with pytest.raises(ValueError, match=r"iter\(batches\)"):
+        jacsens.sensitivity(seed_net, [X[:30], X[30:]], progress=False)
+    with pytest.raises(ValueError, match=r"iter\(batches\)"):
+        jacsens.sensitivity(seed_net, [X[:45], X[45:]], progress=False)
+    r = jacsens.sensitivity(seed_net, iter([X[:30], X[30:]]), chunk_size=32, progress=False)
+    np.testing.assert_array_equal(r.dgsm, ref.dgsm)
+    with pytest.raises(TypeError, match="dict"):
+        jacsens.sensitivity(seed_net, {"x0": X[:, 0]}, progress=False)
+    with pytest.raises(TypeError, match="data"):
+        jacsens.sensitivity(seed_net, [[1] * 52] * 3, progress=False)
+
+
+def test_dataframe_columns_become_feature_names():
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.uniform(-1, 1, (120, 5)), columns=["a", "b", "c", "d", "e"])
+    r = jacsens.sensitivity(quadratic, df, chunk_size=50, progress=False)
+    assert r.feature_names == ("a", "b", "c", "d", "e")
+    J = 2 * C * df.to_numpy()
+    assert_close(r.mean_abs[0], np.abs(J).mean(0), 1e-12)
+    assert r.ranking()[0] == "c"
+    named = jacsens.sensitivity(quadratic, df, feature_names=list("vwxyz"), progress=False)
+    assert named.feature_names == tuple("vwxyz")
+    with pytest.raises(TypeError, match=r"\['b'\]"):
+        jacsens.sensitivity(quadratic, df.assign(b=np.arange(120)), progress=False)
+    s = pd.Series(rng.uniform(0, 1, 64), name="t")
+    r = jacsens.sensitivity(lambda v: v**3, s, progress=False)
+    assert r.feature_names == ("t",) and r.mean.shape == (1, 1)
+    assert_close(r.mean[0, 0], np.mean(3 * s.to_numpy() ** 2), 1e-12)
+
+
+@pytest.mark.parametrize("low", ["float16", "bfloat16"])
+def test_half_precision_inputs_like_input_jacobian(low):
+    m = jacsens.MLP(4, (6,), 2, "tanh", key=jax.random.key(2), dtype=jnp.float32)
+    X = jnp.asarray(np.random.default_rng(1).standard_normal((50, 4)), jnp.dtype(low))
+    J = np.asarray(jacsens.input_jacobian(m, X), np.float64)
+    for data in (X, np.asarray(X)):
+        r = jacsens.sensitivity(m, data, chunk_size=16, progress=False)
+        assert_close(r.mean, J.mean(0), 1e-6)
+        assert_close(r.dgsm, (J**2).mean(0), 1e-6)
+
+
+def test_huge_chunk_size_is_capped_at_the_data(seed_net, getkey):
+    X = np.asarray(jax.random.normal(getkey(), (100, 52)))
+    ref = jacsens.sensitivity(seed_net, X, chunk_size=100, progress=False)
+    for data in (X, iter([X[:30], X[30:]])):
+        r = jacsens.sensitivity(seed_net, data, chunk_size=10**12, progress=False)
+        np.testing.assert_array_equal(r.dgsm, ref.dgsm)
+    # "auto" (the default) on small data: one chunk of all the rows
+    np.testing.assert_array_equal(jacsens.sensitivity(seed_net, X, progress=False).dgsm, ref.dgsm)
+
+
+def test_samplers_refuse_strings(getkey):
+    with pytest.raises(TypeError, match="bounds"):
+        jacsens.uniform([["0", "1"], ["0", "2"]], 10, getkey())
+    with pytest.raises(TypeError, match="mean"):
+        jacsens.normal(["0.5"], 1.0, 10, getkey())
+    with pytest.raises(TypeError, match="std"):
+        jacsens.normal([0.5], "1", 10, getkey())
+    assert isinstance(jacsens.uniform(UNIT, 5, getkey()), jacsens.Sampler)
+    assert isinstance(jacsens.normal(np.zeros(2), 1.0, 5, getkey()), jacsens.Sampler)
+
+
+# ------------------------------------------------------------------ merging and files
+
+
+def test_merge_two_results_equals_one_run(seed_net, getkey):
+    X = np.asarray(jax.random.normal(getkey(), (300, 52)))
+    whole = jacsens.sensitivity(seed_net, X, chunk_size=64, progress=False)
+    a = jacsens.sensitivity(seed_net, X[:110], chunk_size=64, progress=False)
+    b = jacsens.sensitivity(seed_net, X[110:], chunk_size=64, progress=False)
+    m = a.merge(b)
+    assert m.n == 300
+    for f in ("mean", "mean_se", "mean_abs", "dgsm", "dgsm_se", "std", "std_se", "max_abs"):
+        assert_close(getattr(m, f), getattr(whole, f), 1e-12)
+    other = jacsens.sensitivity(seed_net, X[:10], feature_names=[f"f{i}" for i in range(52)])
+    with pytest.raises(ValueError, match="feature_names"):
+        a.merge(other)
+
+
+def _forge(path, edit):
+    """Rewrite the `.npz` at `path` after `edit(header, arrays)`, with a valid checksum:
+    what a careless edit or a buggy writer could produce."""
+    from jacsens._sensitivity._result import _checksum
+
+    with np.load(path, allow_pickle=False) as z:
+        header = json.loads(str(z["_header"]))
+        arrays = {k: z[k] for k in z.files if not k.startswith("_")}
+    edit(header, arrays)
+    text = json.dumps(header)
+    np.savez(path, _header=np.array(text), _checksum=np.array(_checksum(text, arrays)), **arrays)
+
+
+def test_damaged_result_files_are_value_errors_naming_the_file(lin_result, tmp_path):
+    good = tmp_path / "good.npz"
+    lin_result.save(good)
+    blob = good.read_bytes()
+    bad = tmp_path / "bad.npz"
+
+    def refused(match="intact"):
+        with pytest.raises(ValueError, match=match) as info:
+            jacsens.SensitivityResult.load(bad)
+        assert str(bad) in str(info.value)
+
+    for cut in (0, 10, len(blob) // 3, len(blob) // 2, len(blob) - 30, len(blob) - 1):
+        bad.write_bytes(blob[:cut])  # truncated
+        refused()
+    for pos in range(100, len(blob) - 100, max(1, len(blob) // 15)):
+        flipped = bytearray(blob)
+        flipped[pos] ^= 0xFF
+        bad.write_bytes(bytes(flipped))
+        try:
+            jacsens.SensitivityResult.load(bad)
+        except ValueError as e:
+            assert str(bad) in str(e)
+        else:  # a flip in the zip's slack bytes changes nothing that is read
+            back = jacsens.SensitivityResult.load(bad)
+            np.testing.assert_array_equal(back.dgsm, lin_result.dgsm)
+
+    # edits without a matching checksum
+    with np.load(good) as z:
+        entries = {k: z[k] for k in z.files}
+    header = json.loads(str(entries["_header"]))
+    header["n_omitted"] = 5
+    np.savez(bad, **dict(entries, _header=np.array(json.dumps(header))))
+    refused("checksum")
+    np.savez(bad, **{k: v for k, v in entries.items() if k != "_checksum"})
+    refused("checksum")
+    np.savez(bad, **dict(entries, jac_u_mean=entries["jac_u_mean"] * 2))
+    refused("checksum")
+
+    # consistent checksums, impossible contents
+    for edit, match in [
+        (lambda h, a: a.update(jac_u_mean=a["jac_u_mean"][:, :3]), "shape"),
+        (lambda h, a: a.update(jac_count=np.float64(-3)), "count"),
+        (lambda h, a: a.update(jac_u_m2=-a["jac_u_m2"] - 1), "u_m2"),
+        (lambda h, a: h.update(n_omitted=1.5), "n_omitted"),
+        (lambda h, a: h.update(feature_names=h["feature_names"][:2]), "shape"),
+        (lambda h, a: h.update(interactions=True), "interactions"),
+        (lambda h, a: h.update(version=1), "version"),
+    ]:
+        bad.write_bytes(blob)
+        _forge(bad, edit)
+        refused(match)
+    bad.write_bytes(blob)
+    _forge(bad, lambda h, a: h.update(n_omitted=float("inf")))  # json writes Infinity
+    refused("non-finite")
+    with pytest.raises(FileNotFoundError):
+        jacsens.SensitivityResult.load(tmp_path / "missing.npz")
+
+
+def test_damaged_or_edited_checkpoint_is_refused(seed_net, getkey, tmp_path):
+    X = np.asarray(jax.random.normal(getkey(), (300, 52)))
+    ck = tmp_path / "ck.npz"
+    with pytest.raises(Interrupted):
+        jacsens.sensitivity(
+            seed_net, _batches(X, [100] * 3, 2), chunk_size=64, checkpoint=ck, checkpoint_every=1
+        )
+    blob = ck.read_bytes()
+    # editing rows_done would make the run "complete" with a fraction of the data
+    with np.load(ck) as z:
+        entries = {k: z[k] for k in z.files}
+    header = json.loads(str(entries["_header"]))
+    header["checkpoint"]["rows_done"] = 300
+    np.savez(ck, **dict(entries, _header=np.array(json.dumps(header))))
+    with pytest.raises(ValueError, match=r"`checkpoint`.*ck\.npz.*checksum"):
+        jacsens.sensitivity(seed_net, _batches(X, [100] * 3), chunk_size=64, checkpoint=ck)
+    for cut in (0, 100, len(blob) // 2):
+        ck.write_bytes(blob[:cut])
+        with pytest.raises(ValueError, match=r"`checkpoint`.*ck\.npz.*intact"):
+            jacsens.sensitivity(seed_net, _batches(X, [100] * 3), chunk_size=64, checkpoint=ck)
+    ck.write_bytes(blob)
+    _forge(ck, lambda h, a: h["checkpoint"].update(rows_done=300))
+    with pytest.raises(ValueError, match="rows_done=300"):
+        jacsens.sensitivity(seed_net, _batches(X, [100] * 3), chunk_size=64, checkpoint=ck)
+    ck.write_bytes(blob)
+    r = jacsens.sensitivity(seed_net, _batches(X, [100] * 3), chunk_size=64, checkpoint=ck)
+    assert r.n == 300
+    # a result file is not a checkpoint
+    r.save(tmp_path / "r.npz")
+    with pytest.raises(ValueError, match="not a checkpoint"):
+        jacsens.sensitivity(seed_net, X, checkpoint=tmp_path / "r.npz")
+
+
+def test_missing_folder_fails_before_any_work(tmp_path, lin_result):
+    traced = []
+
+    def f(x):
+        traced.append(1)
+        return jnp.sum(x)
+
+    target = tmp_path / "nope" / "ck.npz"
+    with pytest.raises(ValueError, match="checkpoint.*does not exist"):
+        jacsens.sensitivity(f, np.zeros((10, 3)), checkpoint=target)
+    assert traced == []
+    with pytest.raises(ValueError, match="does not exist"):
+        lin_result.save(target)
+
+
+def test_stale_temporary_of_a_killed_save_is_removed(lin_result, tmp_path):
+    stale = tmp_path / ".res.npz.99999999.0badcafe.tmp"  # a pid that does not run
+    stale.write_bytes(b"half a file")
+    lin_result.save(tmp_path / "res.npz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["res.npz"]
+
+
+def test_checkpoint_auto_chunk_size_and_mode_resume_bit_for_bit(seed_net, getkey, tmp_path):
+    X = np.asarray(jax.random.normal(getkey(), (500, 52)))
+    whole = jacsens.sensitivity(seed_net, X, chunk_size=64, mode="rev", progress=False)
+    ck = tmp_path / "ck.npz"
+    with pytest.raises(Interrupted):
+        jacsens.sensitivity(
+            seed_net,
+            _batches(X, [100] * 5, 3),
+            chunk_size=64,
+            mode="rev",
+            checkpoint=ck,
+            checkpoint_every=1,
+        )
+    # chunk_size and mode "auto" adopt the saved ones
+    r = jacsens.sensitivity(seed_net, _batches(X, [100] * 5), checkpoint=ck, progress=False)
+    assert r.mode == "rev"
+    for f in ("mean", "dgsm", "std", "std_se", "max_abs"):
+        np.testing.assert_array_equal(getattr(r, f), getattr(whole, f))
+
+
+# ------------------------------------------------------------------ data fingerprints
+
+
+def test_fingerprint_sees_a_late_row_of_a_large_array(getkey, tmp_path, monkeypatch):
+    from jacsens._sensitivity import _sources
+
+    m = jacsens.MLP(3, (4,), 1, "tanh", key=getkey())
+    X = np.asarray(jax.random.normal(getkey(), (5000, 3)))
+    ck = tmp_path / "ck.npz"
+    jacsens.sensitivity(m, X, chunk_size=1024, checkpoint=ck, progress=False)
+    for row in (2049, 3333, 4998):  # beyond any "first 1024 / 2048 rows" shortcut
+        X2 = X.copy()
+        X2[row, 1] += 1e-3
+        with pytest.raises(ValueError, match="its data"):
+            jacsens.sensitivity(m, X2, chunk_size=1024, checkpoint=ck, progress=False)
+    # arrays too large to hash whole: first/last rows and a strided sample
+    monkeypatch.setattr(_sources, "_FULL_HASH_BYTES", 1024)
+    monkeypatch.setattr(_sources, "_SAMPLE_ROWS", 100)
+    digest = _sources.array_digest(X)
+    assert digest.startswith("sampled")
+    stride = int(digest[len("sampled") : digest.index(":")])
+    for row in (4999, 4000 - 4000 % stride, stride * 40):
+        X2 = X.copy()
+        X2[row] += 1.0
+        assert _sources.array_digest(X2) != digest, row

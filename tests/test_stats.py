@@ -161,3 +161,55 @@ def test_errors():
         jacsens.stats_merge(s, 3)
     with pytest.raises(ValueError, match="mask"):
         jacsens.stats_from_batch(jnp.zeros((5, 2)), jnp.ones(4, bool))
+
+
+@pytest.mark.parametrize("scale", [1e-16, 2e9, 2e19, 1e30])
+def test_float32_device_moments_do_not_overflow(scale):
+    # g⁴ leaves the float32 range at |g| ≈ 4e9 (and vanishes at 1e-10): the per-element
+    # power-of-two scale keeps every moment finite and exact to float32 round-off
+    g = _data(9, 300).astype(np.float32)
+    ref = _reference(g.astype(np.float64))
+    with jax.enable_x64(False):
+        gs = jnp.asarray(g * np.float32(scale))
+        s = jax.jit(jacsens.stats_from_batch)(gs[:170])
+        s = jax.jit(jacsens.stats_update)(s, gs[170:])
+        assert s.u_mean.dtype == jnp.float32
+        host = jacsens.stats_to_host(s)
+    power = {"m2": 2, "m3": 3, "m4": 4, "abs_m2": 2, "sq_mean": 2, "sq_m2": 4}
+    for k, v in ref.items():
+        if k == "count":
+            continue
+        got = np.asarray(getattr(host, k)) / scale ** power.get(k, 1)
+        assert_close(got, np.asarray(v, np.float64), 1e-4)
+    for k in ("std", "mean_se", "sq_mean_se", "std_se"):
+        assert np.all(np.isfinite(getattr(host, k))) and np.all(getattr(host, k) > 0), k
+
+
+def test_merge_states_of_very_different_magnitudes():
+    g = _data(10, 400)
+    g[:200] *= 1e-150  # float64: the first half's fourth powers underflow if unscaled
+    g[200:] *= 1e60
+    a = jacsens.stats_update(jacsens.stats_init((3, 4)), g[:200])
+    b = jacsens.stats_update(jacsens.stats_init((3, 4)), g[200:])
+    m = jacsens.stats_merge(a, b)
+    assert_close(m.std, g.std(0, ddof=1), 1e-12)
+    unit = g[:200] * 1e150  # the float64 reference, formed where g² does not underflow
+    assert_close(a.sq_mean_se, (unit**2).std(0, ddof=1) / np.sqrt(200) * 1e-300, 1e-12)
+    assert np.all(a.sq_mean_se > 0)
+
+
+def test_state_dict_is_validated():
+    s = jacsens.stats_update(jacsens.stats_init((3, 4)), _data(11, 20))
+    d = stats_state_dict(s)
+    stats_from_state_dict(d, shape=(3, 4))
+    for key, value, match in [
+        ("u_mean", np.zeros((3, 5)), "shape"),
+        ("count", np.float64(-1.0), "count"),
+        ("count", np.float64(2.5), "count"),
+        ("exponent", d["exponent"] + 0.5, "exponent"),
+        ("u_m4", -d["u_m4"] - 1, "u_m4"),
+        ("u_m2", np.full((3, 4), np.nan), "non-finite"),
+        ("u_m3", d["u_m3"].astype(np.float32), "float64"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            stats_from_state_dict(dict(d, **{key: value}), shape=(3, 4))

@@ -1,0 +1,26 @@
+"""Global sensitivity analysis: stream inputs through the Jacobian engine into `_stats`.
+
+`sensitivity(model, data)` computes, for every (output, input) pair, statistics of the
+derivative `∂y_o/∂x_i` over the input distribution given by `data`: the mean, mean
+absolute value, the derivative-based global sensitivity measure (DGSM) `ν = E[(∂y/∂x)²]`,
+the standard deviation and the max, each mean with its Monte Carlo standard error.
+
+- `_result.py`: `SensitivityResult`, the accumulators and every statistic derived from
+  them; merging; the one checksummed `.npz` file format.
+- `_sources.py`: arrays, array-likes, streams of batches and samplers
+  (`AbstractSampler` → `Uniform`, `Normal`).
+- `_checkpoint.py`: a checkpoint is a result plus progress counters and the run's
+  identity, in the same format.
+- `_run.py`: `sensitivity()`: plan once, one jitted chunk kernel, accumulate.
+"""
+
+from ._checkpoint import model_fingerprint as model_fingerprint
+from ._result import SensitivityResult as SensitivityResult
+from ._run import sensitivity as sensitivity
+from ._sources import (
+    AbstractSampler as AbstractSampler,
+    Normal as Normal,
+    Uniform as Uniform,
+    normal as normal,
+    uniform as uniform,
+)

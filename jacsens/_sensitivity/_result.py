@@ -1,0 +1,490 @@
+"""`SensitivityResult`: derivative statistics held as accumulators, and their file format.
+
+The result stores state only, the `StreamingStats` of the Jacobian (and Hessian), and
+derives every statistic from it (optax's rule). So two results over disjoint data merge
+exactly, and a checkpoint is a result plus progress counters, in the same file format.
+
+**File format** (`.npz`, no pickle): `_header`, a JSON object (names, mode, counters);
+`jac_<field>` and optionally `hess_<field>`, the float64 fields of the accumulators; and
+`_checksum`, a SHA-256 over the header and every array's name, dtype, shape and bytes.
+Loading verifies the checksum, the header's types, every array's shape against the names
+and the values an accumulator can hold, and turns any corruption into a `ValueError`
+naming the file. (The checksum detects corruption and accidental edits; it is not a
+signature: someone who recomputes it can still forge a file.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from typing import Any, Literal
+
+import equinox as eqx
+import numpy as np
+from jaxtyping import Array, Float
+
+from .._atomic import atomic_write
+from .._stats import (
+    STATS_FIELDS,
+    StreamingStats,
+    stats_from_state_dict,
+    stats_merge,
+    stats_state_dict,
+)
+from .._validate import check_choice
+
+FORMAT = "jacsens.SensitivityResult"
+VERSION = 3  # 3: accumulators with per-element power-of-two scales, checksummed
+
+_STATS = ("mean", "mean_abs", "dgsm", "std", "max_abs")
+_SE_OF = {"mean": "mean_se", "mean_abs": "mean_abs_se", "dgsm": "dgsm_se", "std": "std_se"}
+_FRAME_COLUMNS = (
+    "mean",
+    "mean_se",
+    "mean_abs",
+    "mean_abs_se",
+    "dgsm",
+    "dgsm_se",
+    "std",
+    "std_se",
+    "max_abs",
+)
+
+
+class SensitivityResult(eqx.Module):
+    """Derivative statistics of a model over an input distribution.
+
+    Every statistic has shape `(n_out, n_in)`: row `o`, column `i` describes `∂y_o/∂x_i`
+    (outputs and inputs flattened in C order). Standard errors are Monte Carlo standard
+    errors of the estimate, `std(quantity)/sqrt(n)`; `std_se` is the delta-method
+    large-sample value. `max_abs` has no standard error. All are float64 numpy arrays
+    derived from the accumulators on access.
+
+    **Fields:**
+
+    - `jac`: the `StreamingStats` of the Jacobian entries, shape `(n_out, n_in)`.
+    - `hess`: the `StreamingStats` of the Hessian entries `(n_out, n_in, n_in)`, or `None`.
+    - `n_omitted`: rows skipped as non-finite (`nan_policy="omit"`).
+    - `feature_names`, `output_names`: tuples of `n_in` and `n_out` names.
+    - `mode`: the Jacobian mode that was used.
+
+    **Statistics (properties):**
+
+    - `mean`, `mean_se`: `E[∂y/∂x]` and its standard error.
+    - `mean_abs`, `mean_abs_se`: `E|∂y/∂x|` and its standard error.
+    - `dgsm`, `dgsm_se`: `ν = E[(∂y/∂x)²]` and its standard error.
+    - `std`, `std_se`: the standard deviation of `∂y/∂x` over the inputs.
+    - `max_abs`: the largest `|∂y/∂x|` seen.
+    - `n`: number of samples used.
+    - `interactions`, `interactions_se`: `E|∂²y_o/∂x_i∂x_j|`, shape `(n_out, n_in, n_in)`,
+        when computed with `interactions=True`, else `None`.
+    """
+
+    jac: StreamingStats
+    hess: StreamingStats | None
+    n_omitted: int = eqx.field(static=True)
+    feature_names: tuple[str, ...] = eqx.field(static=True, converter=tuple)
+    output_names: tuple[str, ...] = eqx.field(static=True, converter=tuple)
+    mode: str = eqx.field(static=True, default="auto")
+
+    def __check_init__(self):
+        shape = (len(self.output_names), len(self.feature_names))
+        if self.jac.shape != shape:
+            raise ValueError(
+                f"`jac` must have shape {shape} (outputs, features), got {self.jac.shape}."
+            )
+        if self.hess is not None and self.hess.shape != (*shape, shape[1]):
+            raise ValueError(f"`hess` must have shape {(*shape, shape[1])}, got {self.hess.shape}.")
+        if isinstance(self.n_omitted, bool) or not isinstance(self.n_omitted, int):
+            raise TypeError(f"`n_omitted` must be an int, got {self.n_omitted!r}.")
+        if self.n_omitted < 0:
+            raise ValueError(f"`n_omitted` must be >= 0, got {self.n_omitted}.")
+
+    # ---------------------------------------------------------------- statistics
+
+    @property
+    def n(self) -> int:
+        return self.jac.n
+
+    @property
+    def n_out(self) -> int:
+        return len(self.output_names)
+
+    @property
+    def n_in(self) -> int:
+        return len(self.feature_names)
+
+    def _derive(self, stats: StreamingStats, name: str) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            return np.asarray(getattr(stats, name), np.float64)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self._derive(self.jac, "mean")
+
+    @property
+    def mean_se(self) -> np.ndarray:
+        return self._derive(self.jac, "mean_se")
+
+    @property
+    def mean_abs(self) -> np.ndarray:
+        return self._derive(self.jac, "abs_mean")
+
+    @property
+    def mean_abs_se(self) -> np.ndarray:
+        return self._derive(self.jac, "abs_mean_se")
+
+    @property
+    def dgsm(self) -> np.ndarray:
+        return self._derive(self.jac, "sq_mean")
+
+    @property
+    def dgsm_se(self) -> np.ndarray:
+        return self._derive(self.jac, "sq_mean_se")
+
+    @property
+    def std(self) -> np.ndarray:
+        return self._derive(self.jac, "std")
+
+    @property
+    def std_se(self) -> np.ndarray:
+        return self._derive(self.jac, "std_se")
+
+    @property
+    def max_abs(self) -> np.ndarray:
+        return self._derive(self.jac, "max_abs")
+
+    @property
+    def interactions(self) -> np.ndarray | None:
+        return None if self.hess is None else self._derive(self.hess, "abs_mean")
+
+    @property
+    def interactions_se(self) -> np.ndarray | None:
+        return None if self.hess is None else self._derive(self.hess, "abs_mean_se")
+
+    def __repr__(self) -> str:
+        extra = ", interactions" if self.hess is not None else ""
+        return (
+            f"SensitivityResult(n_out={self.n_out}, n_in={self.n_in}, n={self.n}, "
+            f"n_omitted={self.n_omitted}, mode={self.mode!r}{extra})"
+        )
+
+    def _output_index(self, output: int | str) -> int:
+        if isinstance(output, str):
+            if output not in self.output_names:
+                raise ValueError(
+                    f"Unknown `output` {output!r}; expected one of {self.output_names}."
+                )
+            return self.output_names.index(output)
+        if isinstance(output, bool) or not isinstance(output, int | np.integer):
+            raise TypeError(f"`output` must be an int or an output name, got {output!r}.")
+        if not -self.n_out <= output < self.n_out:
+            raise ValueError(f"`output` must be in [0, {self.n_out}), got {output}.")
+        return int(output) % self.n_out
+
+    def values(self, by: str = "mean_abs", output: int | str = 0) -> np.ndarray:
+        """The `(n_in,)` values of statistic `by` for one output."""
+        check_choice(by, "by", _STATS)
+        return getattr(self, by)[self._output_index(output)]
+
+    def se(self, by: str = "mean_abs", output: int | str = 0) -> np.ndarray | None:
+        """The `(n_in,)` standard errors of statistic `by` (None for `max_abs`)."""
+        check_choice(by, "by", _STATS)
+        if by not in _SE_OF:
+            return None
+        return getattr(self, _SE_OF[by])[self._output_index(output)]
+
+    def ranking(self, output: int | str = 0, by: str = "mean_abs") -> list[str]:
+        """Feature names sorted by decreasing importance for one output.
+
+        **Arguments:**
+
+        - `output`: output index or name.
+        - `by`: `"mean_abs"` (default), `"dgsm"`, `"std"`, `"max_abs"`, or `"mean"`
+            (ranked by `|mean|`).
+
+        **Returns:**
+
+        A list of the `n_in` feature names, most important first (ties keep input order).
+
+        **Raises:**
+
+        `ValueError` if the statistic is undefined (NaN) for a feature, as `std` is with
+        a single sample: a ranking that silently put such features anywhere would lie.
+        """
+        v = self.values(by, output)
+        if by == "mean":
+            v = np.abs(v)
+        if np.any(np.isnan(v)):
+            i = int(np.argmax(np.isnan(v)))
+            raise ValueError(
+                f"Cannot rank by {by!r}: it is undefined (NaN) for feature "
+                f"{self.feature_names[i]!r} (n={self.n}; std needs at least 2 samples)."
+            )
+        order = np.argsort(-v, kind="stable")
+        return [self.feature_names[i] for i in order]
+
+    def to_frame(self):
+        """A tidy `pandas.DataFrame`: one row per (output, feature).
+
+        Columns: `output, feature, mean, mean_se, mean_abs, mean_abs_se, dgsm, dgsm_se,
+        std, std_se, max_abs`.
+        """
+        try:
+            import pandas as pd
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "`SensitivityResult.to_frame` needs pandas: pip install 'jacsens[data]'."
+            ) from e
+        data: dict[str, Any] = {
+            "output": np.repeat(np.asarray(self.output_names, dtype=object), self.n_in),
+            "feature": np.tile(np.asarray(self.feature_names, dtype=object), self.n_out),
+        }
+        for c in _FRAME_COLUMNS:
+            data[c] = getattr(self, c).reshape(-1)
+        return pd.DataFrame(data)
+
+    def plot(self, kind: Literal["bar", "heatmap"] = "bar", **kwargs):
+        """A matplotlib figure: `"bar"` (one output, error bars) or `"heatmap"`.
+
+        Keyword arguments go to `jacsens.plot.sensitivity_bar` / `sensitivity_heatmap`
+        (`output`, `by`, `top`, `ax`, ...). Needs the `plot` extra (matplotlib).
+        """
+        from .. import plot  # imported here: plot imports this module for its types
+
+        return plot.plot_sensitivity(self, kind, **kwargs)
+
+    def sobol_bound(
+        self, bounds: Float[Array, "in 2"] | Any, output_variance: float | Any
+    ) -> np.ndarray:
+        """DGSM upper bound on total Sobol indices, for independent uniform inputs.
+
+        For `x_i ~ U(a_i, b_i)`, `S_i^T ≤ (b_i - a_i)² ν_i / (π² Var[y])`
+        (Sobol' & Kucherenko 2009, Lamboni et al. 2013).
+
+        **Arguments:**
+
+        - `bounds`: `(n_in, 2)` rows `[a_i, b_i]` with `a_i < b_i`.
+        - `output_variance`: `Var[y]`, a positive scalar or one per output `(n_out,)`.
+
+        **Returns:**
+
+        `(n_out, n_in)` upper bounds (they may exceed 1; the bound is loose when the
+        model is far from additive).
+        """
+        b = np.asarray(bounds, dtype=np.float64)
+        if b.shape != (self.n_in, 2):
+            raise ValueError(f"`bounds` must have shape ({self.n_in}, 2), got {b.shape}.")
+        width = b[:, 1] - b[:, 0]
+        if np.any(~(width > 0)):
+            i = int(np.argmax(~(width > 0)))
+            raise ValueError(f"`bounds` must have low < high; input {i} has {b[i].tolist()}.")
+        var = np.asarray(output_variance, dtype=np.float64)
+        if var.ndim == 0:
+            var = np.full((self.n_out,), float(var))
+        if var.shape != (self.n_out,):
+            raise ValueError(
+                f"`output_variance` must be a scalar or have shape ({self.n_out},), "
+                f"got {var.shape}."
+            )
+        if np.any(~(var > 0)):
+            raise ValueError(f"`output_variance` must be > 0, got {var.tolist()}.")
+        return width[None, :] ** 2 * self.dgsm / (math.pi**2 * var[:, None])
+
+    # ---------------------------------------------------------------- combining, files
+
+    def merge(self, other: SensitivityResult) -> SensitivityResult:
+        """The result over the union of two disjoint sets of samples.
+
+        Equal, up to round-off, to one run over all the samples. Both results must
+        describe the same features and outputs and both have (or lack) interactions;
+        the mode is kept if both used the same one, else recorded as `"mixed"`.
+        """
+        if not isinstance(other, SensitivityResult):
+            raise TypeError(f"`other` must be a SensitivityResult, got {type(other).__name__}.")
+        for attr in ("feature_names", "output_names"):
+            if getattr(self, attr) != getattr(other, attr):
+                raise ValueError(
+                    f"Cannot merge results with different {attr}: {getattr(self, attr)} "
+                    f"and {getattr(other, attr)}."
+                )
+        if (self.hess is None) != (other.hess is None):
+            raise ValueError("Cannot merge a result with interactions and one without.")
+        hess = None if self.hess is None else stats_merge(self.hess, other.hess)
+        return SensitivityResult(
+            stats_merge(self.jac, other.jac),
+            hess,
+            self.n_omitted + other.n_omitted,
+            self.feature_names,
+            self.output_names,
+            self.mode if self.mode == other.mode else "mixed",
+        )
+
+    def _header(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "n_omitted": self.n_omitted,
+            "feature_names": list(self.feature_names),
+            "output_names": list(self.output_names),
+            "mode": self.mode,
+            "interactions": self.hess is not None,
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the result to `path` atomically, in jacsens' one `.npz` format.
+
+        No pickle; checksummed (see the module docstring). Load with
+        `SensitivityResult.load(path)`. For a table, use `to_frame()`.
+
+        **Raises:**
+
+        `ValueError` naming `path` if it does not end in `.npz` or its folder does not
+        exist.
+        """
+        path = _npz_path(path, "path")
+        write_file(path, self._header(), self.jac, self.hess)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SensitivityResult:
+        """Read a result written by `save` (or the partial result in a checkpoint).
+
+        **Raises:**
+
+        `FileNotFoundError` if `path` does not exist; `ValueError` naming `path` for any
+        file that is not an intact result (truncated, corrupted, edited, another format).
+        """
+        header, jac, hess = read_file(path)
+        return result_from(header, jac, hess, path)
+
+
+def _npz_path(path: Any, argname: str) -> str:
+    path = os.fspath(path)
+    if not path.endswith(".npz"):
+        raise ValueError(
+            f"`{argname}` must end in '.npz' (jacsens' one result format), got {path!r}; "
+            "for a table use result.to_frame().to_csv(...)."
+        )
+    return path
+
+
+# --------------------------------------------------------------------------- the format
+
+
+def _checksum(header_text: str, arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256(FORMAT.encode() + b"\0" + header_text.encode())
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"\0{name}:{a.dtype.str}:{a.shape}\0".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def write_file(
+    path: str, header: dict[str, Any], jac: StreamingStats, hess: StreamingStats | None
+) -> None:
+    """Write `header` and the accumulators atomically as a checksummed `.npz`."""
+    arrays = stats_state_dict(jac, "jac_")
+    if hess is not None:
+        arrays.update(stats_state_dict(hess, "hess_"))
+    text = json.dumps(header, allow_nan=False, sort_keys=True)
+    blob = {"_header": np.array(text), "_checksum": np.array(_checksum(text, arrays))}
+    atomic_write(path, lambda f: np.savez(f, **blob, **arrays))
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} in the header")
+
+
+def read_file(path: str | os.PathLike) -> tuple[dict[str, Any], StreamingStats, Any]:
+    """Read and verify a file written by `write_file`: `(header, jac, hess or None)`."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No sensitivity result or checkpoint at {path!r}.")
+    expected = {"_header", "_checksum", *("jac_" + f for f in STATS_FIELDS)}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz archive")
+            names = set(z.files)
+            if not {"_header", "_checksum"} <= names:
+                raise ValueError("no header or checksum (not a jacsens result file)")
+            if names - expected - {"hess_" + f for f in STATS_FIELDS}:
+                raise ValueError(f"unexpected entries {sorted(names - expected)}")
+            loaded = {k: z[k] for k in names}
+    except ValueError as e:
+        raise ValueError(f"{path!r} is not an intact jacsens sensitivity file: {e}") from e
+    except Exception as e:  # zip/zlib/EOF/OS errors of a truncated or damaged archive
+        raise ValueError(
+            f"{path!r} is not an intact jacsens sensitivity file: {type(e).__name__}: {e}"
+        ) from e
+    try:
+        header_arr, checksum_arr = loaded.pop("_header"), loaded.pop("_checksum")
+        if header_arr.dtype.kind != "U" or header_arr.shape != ():
+            raise ValueError("its header is not a text entry")
+        if checksum_arr.dtype.kind != "U" or checksum_arr.shape != ():
+            raise ValueError("its checksum is not a text entry")
+        text = str(header_arr)
+        if str(checksum_arr) != _checksum(text, loaded):
+            raise ValueError("checksum mismatch: the file was corrupted or edited")
+        header = json.loads(text, parse_constant=_reject_constant)
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise ValueError("not a jacsens sensitivity file")
+        if header.get("version") != VERSION:
+            raise ValueError(
+                f"format version {header.get('version')!r}, this jacsens reads {VERSION}"
+            )
+        names_in = _str_list(header, "feature_names")
+        names_out = _str_list(header, "output_names")
+        interactions = header.get("interactions")
+        if not isinstance(interactions, bool):
+            raise ValueError("header field 'interactions' must be true or false")
+        has_hess = any(k.startswith("hess_") for k in loaded)
+        if has_hess != interactions:
+            raise ValueError("its Hessian statistics do not match its 'interactions' flag")
+        shape = (len(names_out), len(names_in))
+        jac = stats_from_state_dict(loaded, "jac_", shape)
+        hess = stats_from_state_dict(loaded, "hess_", (*shape, shape[1])) if has_hess else None
+        if hess is not None and hess.n != jac.n:
+            raise ValueError("its Jacobian and Hessian statistics count different samples")
+    except ValueError as e:
+        raise ValueError(f"{path!r} is not an intact jacsens sensitivity file: {e}") from e
+    return header, jac, hess
+
+
+def _str_list(header: dict[str, Any], key: str) -> list[str]:
+    v = header.get(key)
+    if not isinstance(v, list) or not v or not all(isinstance(s, str) for s in v):
+        raise ValueError(f"header field {key!r} must be a non-empty list of names")
+    return v
+
+
+def header_int(header: dict[str, Any], key: str, path: Any, minimum: int = 0) -> int:
+    """An integer header field `>= minimum`, or a `ValueError` naming the file."""
+    v = header.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ValueError(
+            f"{os.fspath(path)!r} is not an intact jacsens sensitivity file: header field "
+            f"{key!r} must be an int >= {minimum}, got {v!r}."
+        )
+    return v
+
+
+def result_from(header: dict[str, Any], jac, hess, path: Any) -> SensitivityResult:
+    """The result described by a verified header and accumulators."""
+    mode = header.get("mode")
+    if not isinstance(mode, str):
+        raise ValueError(
+            f"{os.fspath(path)!r} is not an intact jacsens sensitivity file: header field "
+            f"'mode' must be a string, got {mode!r}."
+        )
+    return SensitivityResult(
+        jac,
+        hess,
+        header_int(header, "n_omitted", path),
+        tuple(header["feature_names"]),
+        tuple(header["output_names"]),
+        mode,
+    )
