@@ -22,9 +22,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-import jacsens
-from jacsens._bench import (
+from harness import (
     NetSpec,
     default_path,
     format_seconds,
@@ -34,6 +32,8 @@ from jacsens._bench import (
     time_fns,
     write_json,
 )
+
+import jacsens
 
 ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-4  # norm-wise relative error, float32

@@ -19,9 +19,11 @@ import json
 from pathlib import Path
 
 import jax.numpy as jnp
+from harness import NetSpec, format_table, make_model, write_json
 
-from jacsens._bench import NetSpec, format_table, make_model, write_json
-from jacsens._chain import chain_estimates, read_chain
+from jacsens import read_chain
+from jacsens._cost import chain_estimates, device_model
+from jacsens._order import optimal_order
 
 MODES = ("rev", "fwd", "chain")
 
@@ -31,13 +33,11 @@ def legacy_best(chain, batch: int) -> str:
     per-sample multiply-adds `(1 + out)·matvec` (rev), `(1 + in)·matvec` (fwd), forward +
     optimal matrix-chain product + `out·in` (chain), ties broken by the bytes of the widest
     intermediate."""
-    from jacsens._chain import _chain_order
-
     dims = chain.dims
     n_in, n_out = chain.in_width, chain.out_width
     matvec = sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
     widest = max(dims)
-    order = _chain_order(chain)
+    order = optimal_order(chain.spec.dims, chain.spec.flags)
     madds = {
         "rev": matvec + n_out * matvec,
         "fwd": matvec + n_in * matvec,
@@ -74,7 +74,10 @@ def evaluate(results: dict) -> dict:
         model = make_model(spec)
         chain = read_chain(model)
         new = jacobian_cost(model, spec.batch).best
-        predicted = {m: v[2] for m, v in chain_estimates(chain, spec.batch, 4, platform).items()}
+        estimates = chain_estimates(
+            chain.spec.dims, chain.spec.flags, spec.batch, 4, device_model(platform)
+        )
+        predicted = {m: v[2] for m, v in estimates.items()}
         entry = {
             "name": case["name"],
             "net": case["net"],

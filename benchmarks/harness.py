@@ -1,4 +1,4 @@
-"""Benchmark harness shared by `jacsens bench` and the scripts in `benchmarks/`.
+"""Benchmark harness of the scripts in `benchmarks/` (they import it as `harness`).
 
 Timing rules (see `benchmarks/README.md`): the first call of every function (tracing and
 compilation) is timed on its own and excluded; every timed call ends with
@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import math
 import os
 import platform
 import random
 import statistics
-import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -32,9 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._atomic import atomic_write
-from ._jacobian import input_jacobian, jacobian_cost
-from ._models import MLP
+from jacsens import MLP, input_jacobian, jacobian_cost
+from jacsens._atomic import atomic_write_json
 
 JACSENS_MODES = ("rev", "fwd", "chain", "auto", "backprop")
 PLAIN_MODES = ("plain_rev", "plain_fwd")
@@ -236,7 +233,7 @@ def metadata() -> dict[str, Any]:
     """Versions, device and date of a benchmark run."""
     import equinox
 
-    from . import __version__
+    from jacsens import __version__
 
     dev = jax.local_devices()[0]
     backend = jax.default_backend()
@@ -286,26 +283,12 @@ def default_path(suite: str, meta: dict[str, Any] | None = None, root: str | Pat
     return Path(root) / "benchmarks" / "results" / f"{device_tag(meta)}-{date}-{suite}.json"
 
 
-def _jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def write_json(data: dict[str, Any], path: str | Path) -> Path:
-    """Write `data` as JSON atomically (temporary file in the same folder + `os.replace`)."""
+    """Write `data` as strict JSON atomically (non-finite floats become `null`), creating
+    the folder if needed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_jsonable(data), indent=1) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    atomic_write_json(path, data, indent=1)
     return path
 
 
@@ -536,29 +519,6 @@ def jacobian_table(cases: Sequence[dict[str, Any]], modes: Sequence[str] = ALL_M
     return format_table(rows, ["net", "B", *modes, "auto→", "fastest", "rev/plain"])
 
 
-def quick_specs() -> list[NetSpec]:
-    """The networks of `jacsens bench --quick`: seconds each on a laptop CPU."""
-    return [
-        NetSpec("seed", 52, (20, 10), "scalar", 1024),
-        NetSpec("mnist", 784, (512, 512), 10, 64),
-        NetSpec("bottleneck", 784, (1024, 16, 1024), 784, 8),
-        NetSpec("tall", 1024, (256, 256), 4, 256),
-        NetSpec("wide", 4, (256, 256), 1024, 256),
-    ]
-
-
-def full_specs() -> list[NetSpec]:
-    """The networks of `jacsens bench` without `--quick`."""
-    return [
-        NetSpec("seed", 52, (20, 10), "scalar", 1024),
-        NetSpec("seed", 52, (20, 10), "scalar", 16384),
-        NetSpec("mnist", 784, (512, 512), 10, 256),
-        NetSpec("bottleneck", 784, (1024, 16, 1024), 784, 32),
-        NetSpec("tall", 1024, (256, 256), 4, 1024),
-        NetSpec("wide", 4, (256, 256), 1024, 1024),
-    ]
-
-
 def run_jacobian_suite(
     specs: Sequence[NetSpec],
     *,
@@ -579,41 +539,6 @@ def run_jacobian_suite(
             }
             print(f"  {spec.name:<11}{spec.label:<24}B={spec.batch:<8}{ms}", file=file, flush=True)
     return {"suite": "jacobian_modes", "cases": cases, "summary": summarise_jacobian(cases)}
-
-
-def run_bench(
-    quick: bool = True, out: str | Path | None = None, file: TextIO = sys.stdout
-) -> dict[str, Any]:
-    """Run the input-Jacobian benchmark and print its table.
-
-    Times `input_jacobian` in every mode, next to plain `jax.jit(jax.vmap(jax.jacrev))`
-    and `jax.jacfwd`, on a seed net, an MNIST-shaped net, a bottleneck autoencoder, a tall
-    and a wide net; compares the cost model's choice with the measured fastest mode.
-
-    **Arguments:**
-
-    - `quick`: small batches and 3 repeats (under a minute on a CPU); otherwise larger
-        batches and 7 repeats.
-    - `out`: where to write the JSON results; `None` writes nothing.
-    - `file`: where to print the table.
-
-    **Returns:**
-
-    The results: `{"meta", "suite", "cases", "summary"}`.
-    """
-    meta = metadata()
-    print(
-        f"jacsens bench on {meta['backend']} ({meta['device_kind']}), jax {meta['jax']}",
-        file=file,
-    )
-    specs = quick_specs() if quick else full_specs()
-    results = {"meta": meta, **run_jacobian_suite(specs, repeats=3 if quick else 7, file=None)}
-    print(jacobian_table(results["cases"]), file=file)
-    print(summary_text(results["summary"]), file=file)
-    if out is not None:
-        path = write_json(results, out)
-        print(f"results written to {path}", file=file)
-    return results
 
 
 def summary_text(summary: dict[str, Any]) -> str:

@@ -6,7 +6,7 @@ Modes: `input_jacobian(mode=...)` for rev, fwd, chain, auto and backprop, and th
 784-512-512-10, a bottleneck autoencoder 784-1024-16-1024-784, a tall and a wide net, and a
 grid of input width x output width for 2 and 3 hidden layers of width 256.
 
-All modes of one network are timed interleaved in the same run (see `jacsens._bench`), so the
+All modes of one network are timed interleaved in the same run (see `harness.py`), so the
 ratios are meaningful on a busy machine even when the absolute times are not. A mode whose
 cost-model FLOPs exceed the device's budget is recorded as skipped; one that fails (out of
 memory, ...) is recorded as failed; the run goes on.
@@ -23,8 +23,7 @@ import sys
 from pathlib import Path
 
 import jax
-
-from jacsens._bench import (
+from harness import (
     ALL_MODES,
     KNOWN_MODES,
     NetSpec,

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-
-from jacsens._bench import (
+from harness import (
     NetSpec,
     default_path,
     format_seconds,

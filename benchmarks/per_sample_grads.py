@@ -24,9 +24,7 @@ from pathlib import Path
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-
-import jacsens
-from jacsens._bench import (
+from harness import (
     NetSpec,
     default_path,
     format_seconds,
@@ -36,6 +34,8 @@ from jacsens._bench import (
     time_fns,
     write_json,
 )
+
+import jacsens
 
 ROOT = Path(__file__).resolve().parent.parent
 MNIST = NetSpec("mnist", 784, (512, 512), 10, 0)

@@ -161,7 +161,7 @@ def main(argv=None) -> None:
         print(json.dumps(worker(json.loads(args.worker))))
         return
 
-    from jacsens._bench import device_tag, format_table, metadata, write_json
+    from harness import device_tag, format_table, metadata, write_json
 
     meta = metadata()
     meta["x64"] = args.x64

@@ -1,72 +1,91 @@
-"""Saving and loading models: a JSON header plus Equinox-serialised leaves, no pickle.
+"""Saving and loading models (no pickle), and the record of a fit.
 
-File layout (all in one file):
+Model file layout, format version 2 (all in one file):
 
 1. the magic line `JACSENS-MODEL\\n`;
-2. one line of JSON (the header): format version, jacsens version, model class, the
+2. the checksum line `sha256 <64 hex digits>\\n`: the SHA-256 of everything after it;
+3. one line of JSON (the header): format version, jacsens version, model class, the
    constructor arguments needed to rebuild a skeleton, the shape and dtype of every array
-   leaf, and the size and SHA-256 of the payload;
-3. the payload: `eqx.tree_serialise_leaves` of the model.
+   leaf, and the size of the payload;
+4. the payload: `eqx.tree_serialise_leaves` of the model.
 
-`load` rebuilds the skeleton from the header (never unpickling anything), checks it
-against the recorded leaves and the payload checksum, then deserialises into it.
+The checksum covers the header as well as the parameters, so no edit or damage anywhere in
+the file goes unnoticed: `load` verifies it before it parses anything, then rebuilds the
+skeleton from the header (never unpickling anything), checks every leaf's shape and dtype
+against it, and deserialises into it. Every way a file can be wrong is a `ValueError`
+naming the file.
+
+`FitRecord` is what `jacsens fit`/`jacsens analyze` record about a fit in `summary.json`
+(data, standardisation, split, seed, hyper-parameters, metrics), with a JSON round trip.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
+import re
+from collections.abc import Mapping
 from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._atomic import atomic_write
-from ._chain import _identify
-from ._models import MLP
+from ._atomic import atomic_write, to_json_compatible
+from ._models import ACTIVATIONS, MLP, activation_callable, identify_activation
 
 MAGIC = b"JACSENS-MODEL\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _MAX_HEADER_BYTES = 1 << 20
+_CHECKSUM_LINE = re.compile(rb"sha256 ([0-9a-f]{64})\n")
+_CLASSES = ("jacsens.MLP", "equinox.nn.MLP")
 
 PathLike = str | os.PathLike
 
 
-def _eqx_activations() -> dict[str, Any]:
-    """Callables an `eqx.nn.MLP` activation name is rebuilt with."""
-    from equinox.nn import _mlp
-
-    return {
-        "identity": _mlp._identity,
-        "relu": jax.nn.relu,
-        "tanh": jnp.tanh,
-        "sigmoid": jax.nn.sigmoid,
-        "softplus": jax.nn.softplus,
-        "gelu": jax.nn.gelu,
-        "silu": jax.nn.silu,
-        "elu": jax.nn.elu,
-        "leaky_relu": jax.nn.leaky_relu,
-        "sin": jnp.sin,
-    }
+def _storable_activations() -> list[str]:
+    """Activation names an `eqx.nn.MLP` can be saved with: those with a JAX callable."""
+    names = []
+    for name in ACTIVATIONS:
+        try:
+            activation_callable(name)
+        except ValueError:
+            continue
+        names.append(name)
+    return sorted(names)
 
 
 def _activation_name(fn: Any, field: str) -> str:
-    act = _identify(fn)
-    if act is None or act.name not in _eqx_activations():
+    act = identify_activation(fn)
+    if act is None or act.name not in _storable_activations():
         raise TypeError(
             f"Cannot save an eqx.nn.MLP whose `{field}` is {fn!r}: only "
-            f"{sorted(_eqx_activations())} can be stored by name."
+            f"{_storable_activations()} can be stored by name."
         )
     return act.name
 
 
-def _describe(model: Any) -> tuple[str, dict[str, Any]]:
-    """The class tag and constructor arguments of a saveable model."""
-    # Exact classes only: `load` rebuilds the base class, which would silently drop a
-    # subclass's own behaviour.
+def describe_model(model: Any) -> tuple[str, dict[str, Any]]:
+    """The class tag and constructor arguments of a model `save` can store.
+
+    **Arguments:**
+
+    - `model`: a `jacsens.MLP` or an `equinox.nn.MLP` (exact classes: `load` rebuilds the
+        base class, which would silently drop a subclass's own behaviour).
+
+    **Returns:**
+
+    `(class_tag, hyperparameters)`: `"jacsens.MLP"` or `"equinox.nn.MLP"` and a
+    JSON-serialisable dict of constructor arguments (with `in_size` and `out_size`).
+
+    **Raises:**
+
+    `TypeError` if the model cannot be saved.
+    """
     if type(model) is MLP:
         return "jacsens.MLP", model.hyperparameters()
     if type(model) is eqx.nn.MLP:
@@ -91,66 +110,80 @@ def _describe(model: Any) -> tuple[str, dict[str, Any]]:
 def _skeleton(cls: str, hp: dict[str, Any]) -> Any:
     key = jax.random.key(0)
     if cls == "jacsens.MLP":
-        hp = dict(hp)
+        expected = {
+            "in_size",
+            "widths",
+            "out_size",
+            "activation",
+            "final_activation",
+            "use_bias",
+            "dtype",
+        }
+        if set(hp) != expected:
+            raise ValueError(f"expected the fields {sorted(expected)}, got {sorted(hp)}")
         return MLP(
-            hp.pop("in_size"),
-            hp.pop("widths"),
-            hp.pop("out_size"),
-            hp.pop("activation"),
+            hp["in_size"],
+            hp["widths"],
+            hp["out_size"],
+            hp["activation"],
             key=key,
-            final_activation=hp.pop("final_activation"),
-            use_bias=hp.pop("use_bias"),
-            dtype=jnp.dtype(hp.pop("dtype")),
-        )
-    if cls == "equinox.nn.MLP":
-        acts = _eqx_activations()
-        kwargs = dict(
-            in_size=hp["in_size"],
-            out_size=hp["out_size"],
-            width_size=hp["width_size"],
-            depth=hp["depth"],
-            activation=acts[hp["activation"]],
-            final_activation=acts[hp["final_activation"]],
+            final_activation=hp["final_activation"],
             use_bias=hp["use_bias"],
-            use_final_bias=hp["use_final_bias"],
             dtype=jnp.dtype(hp["dtype"]),
-            key=key,
         )
-        if hp.get("scan"):
-            kwargs["scan"] = True
-        return eqx.nn.MLP(**kwargs)
-    raise ValueError(f"unknown model class {cls!r}")
+    kwargs = dict(
+        in_size=hp["in_size"],
+        out_size=hp["out_size"],
+        width_size=hp["width_size"],
+        depth=hp["depth"],
+        activation=activation_callable(hp["activation"]),
+        final_activation=activation_callable(hp["final_activation"]),
+        use_bias=hp["use_bias"],
+        use_final_bias=hp["use_final_bias"],
+        dtype=jnp.dtype(hp["dtype"]),
+        key=key,
+    )
+    if hp.get("scan"):
+        kwargs["scan"] = True
+    return eqx.nn.MLP(**kwargs)
+
+
+def _is_leaf_array(x: Any) -> bool:
+    return eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct)
 
 
 def _leaf_specs(model: Any) -> list[dict[str, Any]]:
+    """Shape and dtype of every array leaf (or `jax.ShapeDtypeStruct` of an abstract model)."""
     return [
         {"shape": list(leaf.shape), "dtype": str(leaf.dtype)}
-        for leaf in jax.tree.leaves(eqx.filter(model, eqx.is_array))
+        for leaf in jax.tree.leaves(eqx.filter(model, _is_leaf_array))
     ]
 
 
 def save(path: PathLike, model: Any) -> None:
-    """Save a model to `path` (a JSON header plus the serialised parameters).
+    """Save a model to `path`: a header describing it, the parameters, and a checksum of both.
 
-    The file is written to a temporary file in the same directory and moved into place
-    with `os.replace`, so an interrupted or failed save never leaves a half-written file,
-    and an existing file at `path` stays intact unless the save succeeds.
+    The file is written to a temporary file in the same folder and moved into place with
+    `os.replace`, so an interrupted or failed save never leaves a half-written file, and an
+    existing file at `path` stays intact unless the save succeeds.
 
     **Arguments:**
 
-    - `path`: destination file (conventionally `*.jsns`).
+    - `path`: destination file (conventionally `*.jsns`); its folder must exist.
     - `model`: a `jacsens.MLP` or an `equinox.nn.MLP` (with an activation from the
         table of `jacsens.ACTIVATIONS` that has a `jax.nn`/`jnp` counterpart).
 
     **Raises:**
 
-    `TypeError` if the model type cannot be saved; `OSError` from the file system.
+    `TypeError` if the model type cannot be saved or `path` is not a path; `ValueError`
+    naming `path` if its folder does not exist or it is a folder; `OSError` from the file
+    system.
     """
     from . import __version__
 
     if not isinstance(path, str | os.PathLike):
         raise TypeError(f"`path` must be a str or os.PathLike, got {type(path).__name__}.")
-    cls, hp = _describe(model)
+    cls, hp = describe_model(model)
     buf = io.BytesIO()
     eqx.tree_serialise_leaves(buf, model)
     payload = buf.getvalue()
@@ -162,74 +195,150 @@ def save(path: PathLike, model: Any) -> None:
         "hyperparameters": hp,
         "leaves": _leaf_specs(model),
         "payload_bytes": len(payload),
-        "payload_sha256": hashlib.sha256(payload).hexdigest(),
     }
-    header_line = json.dumps(header, separators=(",", ":")).encode("utf-8") + b"\n"
+    body = json.dumps(header, separators=(",", ":")).encode("utf-8") + b"\n" + payload
+    checksum = b"sha256 " + hashlib.sha256(body).hexdigest().encode("ascii") + b"\n"
 
     def write(f):
         f.write(MAGIC)
-        f.write(header_line)
-        f.write(payload)
+        f.write(checksum)
+        f.write(body)
 
     atomic_write(path, write)
 
 
 def read_header(path: PathLike) -> dict[str, Any]:
-    """Read and check the header of a model file without loading the parameters.
+    """Read and check the header of a model file without building the model.
 
     **Returns:** the header as a dict (see the module docstring).
 
-    **Raises:** `ValueError` naming `path` if the file is not a jacsens model file.
+    **Raises:** `ValueError` naming `path` if the file is not an intact jacsens model file.
     """
     header, _ = _read(path)
     return header
 
 
 def _read(path: PathLike) -> tuple[dict[str, Any], bytes]:
+    """The verified header and payload of a model file."""
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"`path` must be a str or os.PathLike, got {type(path).__name__}.")
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{path!r} is a folder, not a jacsens model file.")
     with open(path, "rb") as f:
         data = f.read()
     if not data.startswith(MAGIC):
         raise ValueError(
             f"{path!r} is not a jacsens model file (it does not start with {MAGIC!r})."
         )
-    end = data.find(b"\n", len(MAGIC), len(MAGIC) + _MAX_HEADER_BYTES)
+    match = _CHECKSUM_LINE.match(data, len(MAGIC))
+    if match is None:
+        if _old_format(data[len(MAGIC) :]):
+            raise ValueError(
+                f"{path!r} uses model file format version 1, whose header had no checksum; "
+                f"this jacsens reads version {FORMAT_VERSION}. Load it with the jacsens that "
+                "wrote it and save it again."
+            )
+        raise ValueError(f"{path!r} is corrupt: its checksum line is missing or damaged.")
+    body = data[match.end() :]
+    if hashlib.sha256(body).hexdigest().encode("ascii") != match.group(1):
+        raise ValueError(
+            f"{path!r} is corrupt: its checksum does not match its contents (the file was "
+            "truncated, damaged or edited after it was saved)."
+        )
+    end = body.find(b"\n", 0, _MAX_HEADER_BYTES)
     if end < 0:
-        raise ValueError(f"{path!r} is truncated or corrupt: the header line is incomplete.")
+        raise ValueError(f"{path!r} has no complete header line.")
     try:
-        header = json.loads(data[len(MAGIC) : end].decode("utf-8"))
+        header = json.loads(body[:end].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path!r} has a corrupt header: {e}") from None
-    required = ("format_version", "class", "hyperparameters", "leaves", "payload_bytes")
-    if not isinstance(header, dict) or any(k not in header for k in required):
-        raise ValueError(f"{path!r} has an incomplete header (expected fields {required}).")
-    version = header["format_version"]
+    payload = body[end + 1 :]
+    _check_header(header, len(payload), path)
+    return header, payload
+
+
+def _old_format(rest: bytes) -> bool:
+    """Whether `rest` (the file after the magic line) starts with a version-1 header."""
+    end = rest.find(b"\n", 0, _MAX_HEADER_BYTES)
+    try:
+        header = json.loads(rest[:end].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(header, dict) and header.get("format_version") == 1
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_header(header: Any, n_payload: int, path: str) -> None:
+    """Every field `load` reads, with the type it needs; a `ValueError` naming `path`."""
+    if not isinstance(header, dict):
+        raise ValueError(f"{path!r} has a corrupt header: not a JSON object.")
+    version = header.get("format_version")
     if version != FORMAT_VERSION:
         raise ValueError(
             f"{path!r} uses model file format version {version!r}; this jacsens reads "
             f"version {FORMAT_VERSION} (the file was written by jacsens "
             f"{header.get('jacsens_version', '?')})."
         )
-    payload = data[end + 1 :]
-    expected = header["payload_bytes"]
-    if len(payload) != expected:
-        what = "truncated" if len(payload) < expected else "has trailing data"
+    required = {
+        "format": str,
+        "class": str,
+        "hyperparameters": dict,
+        "leaves": list,
+        "payload_bytes": int,
+    }
+    for name, kind in required.items():
+        value = header.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(
+                f"{path!r} has an invalid header: field {name!r} must be a "
+                f"{kind.__name__}, got {value!r}."
+            )
+    if header["format"] != "jacsens-model":
+        raise ValueError(f"{path!r} is not a jacsens model file (format {header['format']!r}).")
+    if header["class"] not in _CLASSES:
+        raise ValueError(f"{path!r} holds a model of unknown class {header['class']!r}.")
+    n_bytes = 0
+    for i, spec in enumerate(header["leaves"]):
+        shape = spec.get("shape") if isinstance(spec, dict) else None
+        dtype = spec.get("dtype") if isinstance(spec, dict) else None
+        if (
+            not isinstance(shape, list)
+            or not all(_is_int(d) and d >= 0 for d in shape)
+            or not isinstance(dtype, str)
+        ):
+            raise ValueError(
+                f"{path!r} has an invalid header: leaf {i} must be "
+                f'{{"shape": [non-negative ints], "dtype": str}}, got {spec!r}.'
+            )
+        try:
+            itemsize = jnp.dtype(dtype).itemsize
+        except TypeError:
+            raise ValueError(f"{path!r} has an invalid header: leaf {i} dtype {dtype!r}.") from None
+        n_bytes += math.prod(shape) * itemsize
+    if header["payload_bytes"] != n_payload:
+        what = "is truncated" if n_payload < header["payload_bytes"] else "has trailing data"
         raise ValueError(
-            f"{path!r} is {what}: the header announces {expected} bytes of parameters, "
-            f"the file holds {len(payload)}."
+            f"{path!r} {what}: the header announces {header['payload_bytes']} bytes of "
+            f"parameters, the file holds {n_payload}."
         )
-    digest = header.get("payload_sha256")
-    if digest is not None and hashlib.sha256(payload).hexdigest() != digest:
-        raise ValueError(f"{path!r} is corrupt: the parameter checksum does not match.")
-    return header, payload
+    if n_bytes > n_payload:
+        raise ValueError(
+            f"{path!r} has an invalid header: its leaves need {n_bytes} bytes, the "
+            f"parameters hold {n_payload}."
+        )
 
 
 def load(path: PathLike) -> Any:
     """Load a model written by `jacsens.save`.
 
-    The model is rebuilt from the saved constructor arguments (with a dummy key) and its
-    parameters are read into it; nothing is unpickled. The loaded model gives
-    bit-identical outputs to the saved one.
+    The whole file is checked against its checksum first; then the model is rebuilt from
+    the saved constructor arguments (with a dummy key), every parameter's shape and dtype is
+    checked against the header, and the parameters are read into it; nothing is unpickled.
+    The loaded model gives bit-identical outputs to the saved one.
 
     **Arguments:**
 
@@ -241,25 +350,20 @@ def load(path: PathLike) -> Any:
 
     **Raises:**
 
-    `ValueError` naming `path` if the file is not a jacsens model file, is truncated or
-    corrupt, was written in an unreadable format version, or its parameters do not
-    match the shapes and dtypes the header describes; `FileNotFoundError` if it does
-    not exist.
+    `ValueError` naming `path` if the file is not a jacsens model file, is truncated,
+    damaged or edited (checksum), was written in another format version, or its header and
+    parameters disagree; `FileNotFoundError` if it does not exist.
     """
-    if not isinstance(path, str | os.PathLike):
-        raise TypeError(f"`path` must be a str or os.PathLike, got {type(path).__name__}.")
     header, payload = _read(path)
     path = os.fspath(path)
     cls, hp = header["class"], header["hyperparameters"]
-    if cls not in ("jacsens.MLP", "equinox.nn.MLP"):
-        raise ValueError(f"{path!r} holds a model of unknown class {cls!r}.")
     try:
-        skeleton = _skeleton(cls, hp)
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        # Shapes first, without allocating: a header may describe any size.
+        expected = _leaf_specs(eqx.filter_eval_shape(_skeleton, cls, hp))
+    except Exception as e:
         raise ValueError(
             f"{path!r} has invalid constructor arguments for {cls}: {type(e).__name__}: {e}"
         ) from None
-    expected = _leaf_specs(skeleton)
     if expected != header["leaves"]:
         raise ValueError(
             f"{path!r}: the saved parameters (shapes/dtypes {_fmt(header['leaves'])}) do not "
@@ -267,7 +371,7 @@ def load(path: PathLike) -> Any:
             + _x64_hint(header["leaves"])
         )
     try:
-        model = eqx.tree_deserialise_leaves(io.BytesIO(payload), skeleton)
+        model = eqx.tree_deserialise_leaves(io.BytesIO(payload), _skeleton(cls, hp))
     except Exception as e:
         raise ValueError(
             f"{path!r}: could not read the parameters: {type(e).__name__}: {e}"
@@ -292,3 +396,154 @@ def _x64_hint(specs: list[dict[str, Any]]) -> str:
             'jax.config.update("jax_enable_x64", True) before loading.'
         )
     return ""
+
+
+# ---------------------------------------------------------------------------------------
+# The record of a fit
+# ---------------------------------------------------------------------------------------
+
+_STANDARDISATION_KEYS = ("x_mean", "x_std", "y_mean", "y_std")
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """The train/test split of a fit: `datasets.train_test_split` of `n_rows` rows with
+    `test_fraction`, keyed by the first of three keys split from `jax.random.key(seed)`;
+    `model_file` is the name of the model file fitted on it (beside `summary.json`)."""
+
+    seed: int
+    test_fraction: float
+    n_rows: int
+    model_file: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FitRecord:
+    """What `summary.json` records about a fit (`jacsens fit`, `jacsens analyze`).
+
+    **Fields:**
+
+    - `source`: where the data came from (an absolute CSV path or the bundled data's name).
+    - `features`, `target`: the column names, in the model's input order.
+    - `n_rows`: rows of the data.
+    - `standardisation`: `{"x_mean": [...], "x_std": [...], "y_mean": float, "y_std":
+        float}`, the constants the data were standardised with before the fit (raw
+        `= standardised * std + mean`), or `None` for raw data.
+    - `model`: the model's class tag and constructor arguments (`describe_model`).
+    - `split`: the train/test split (`Split`), or `None` where the rows the model was
+        fitted on are unknown (an analysis of a model fitted elsewhere).
+    - `training`: training hyper-parameters and outcome (epochs, batch size, learning
+        rate, final losses, row counts; `fitted` is false for a loaded model).
+    - `metrics`: R² values and what they were computed on.
+    """
+
+    source: str
+    features: tuple[str, ...]
+    target: str
+    n_rows: int
+    standardisation: dict[str, Any] | None
+    model: dict[str, Any]
+    split: Split | None
+    training: dict[str, Any]
+    metrics: dict[str, Any]
+
+    def __post_init__(self):
+        _check_standardisation(self.standardisation, len(self.features))
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as the JSON-compatible sections of `summary.json`: `data`, `model`,
+        `split`, `training`, `metrics` (non-finite numbers become `null`)."""
+        return to_json_compatible(
+            {
+                "data": {
+                    "source": self.source,
+                    "n_rows": self.n_rows,
+                    "features": list(self.features),
+                    "target": self.target,
+                    "standardisation": self.standardisation,
+                },
+                "model": self.model,
+                "split": self.split,
+                "training": self.training,
+                "metrics": self.metrics,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, obj: Any) -> FitRecord:
+        """Rebuild a record from `to_json()`'s output (other keys are ignored).
+
+        **Raises:** `ValueError` naming the first missing or malformed field.
+        """
+        try:
+            data = _field(obj, "", "data", dict)
+            split = obj.get("split")
+            if split is not None:
+                _field(obj, "", "split", dict)
+                split = Split(
+                    seed=_field(split, "split.", "seed", int),
+                    test_fraction=float(_field(split, "split.", "test_fraction", float | int)),
+                    n_rows=_field(split, "split.", "n_rows", int),
+                    model_file=_field(split, "split.", "model_file", str),
+                )
+            features = _field(data, "data.", "features", list)
+            if not all(isinstance(f, str) for f in features):
+                raise ValueError("`data.features` must be a list of column names")
+            st = data.get("standardisation")
+            return cls(
+                source=_field(data, "data.", "source", str),
+                features=tuple(features),
+                target=_field(data, "data.", "target", str),
+                n_rows=_field(data, "data.", "n_rows", int),
+                standardisation=None if st is None else dict(st),
+                model=_field(obj, "", "model", dict),
+                split=split,
+                training=_field(obj, "", "training", dict),
+                metrics=_field(obj, "", "metrics", dict),
+            )
+        except (TypeError, AttributeError) as e:
+            raise ValueError(f"not a fit record: {e}") from None
+
+    @classmethod
+    def read(cls, path: PathLike) -> FitRecord:
+        """The record in the `summary.json` at `path`.
+
+        **Raises:** `ValueError` naming `path` if it is not valid JSON or not a fit record;
+        `OSError` if it cannot be read.
+        """
+        path = os.fspath(path)
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        try:
+            return cls.from_json(json.loads(text))
+        except ValueError as e:
+            raise ValueError(f"{path!r} is not a fit summary: {e}") from None
+
+
+def _field(obj: Any, prefix: str, name: str, kind: Any) -> Any:
+    if not isinstance(obj, dict):
+        raise ValueError(f"`{prefix.rstrip('.') or 'record'}` must be an object")
+    if name not in obj:
+        raise ValueError(f"`{prefix}{name}` is missing")
+    value = obj[name]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"`{prefix}{name}` must be a {kind}, got {value!r}")
+    return value
+
+
+def _check_standardisation(st: Any, n_features: int) -> None:
+    if st is None:
+        return
+    if not isinstance(st, Mapping) or set(st) != set(_STANDARDISATION_KEYS):
+        raise ValueError(
+            f"`standardisation` must be None or have the keys {_STANDARDISATION_KEYS}, got {st!r}"
+        )
+    for key in ("x_mean", "x_std"):
+        v = st[key]
+        if not isinstance(v, list | tuple) or len(v) != n_features:
+            raise ValueError(f"`standardisation.{key}` must have {n_features} numbers, got {v!r}")
+    values = [*st["x_mean"], *st["x_std"], st["y_mean"], st["y_std"]]
+    if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+        raise ValueError("`standardisation` must hold finite numbers")
+    if min(*st["x_std"], st["y_std"]) <= 0:
+        raise ValueError("`standardisation` standard deviations must be positive")

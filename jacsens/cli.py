@@ -13,11 +13,15 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._atomic import atomic_write_json
+from ._atomic import atomic_folder, atomic_write_json
+from ._io import FitRecord, Split, describe_model
+
+if TYPE_CHECKING:
+    from .datasets import Dataset
 
 PROG = "jacsens"
 MODEL_FILE = "model.jsns"
@@ -191,161 +195,88 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------- data
 
-
-@dataclass
-class _Data:
-    X: np.ndarray
-    y: np.ndarray
-    feature_names: tuple[str, ...]
-    target_name: str
-    source: str
-    standardisation: dict[str, Any] | None
-    # True when `standardisation` is the one saved with the model (not recomputed here).
-    saved_standardisation: bool = False
+REPORT_FILES = frozenset({MODEL_FILE, "sensitivity.csv", "sensitivity.png", "summary.json"})
 
 
-def _read_csv(path: str, target: str, raw: bool, saved: dict[str, Any] | None = None) -> _Data:
-    import pandas as pd
+def _fit_record_beside(model_path: str, args) -> FitRecord | None:
+    """The record of the fit that wrote `model_path`, from the `summary.json` beside it.
 
+    `None` when there is none, or it records another model file's fit; an unreadable one is
+    reported (one line) and ignored.
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "summary.json")
     if not os.path.isfile(path):
-        raise CLIError(f"data file {path!r} does not exist")
+        return None
     try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise CLIError(f"cannot read {path!r} as CSV: {str(e).splitlines()[0]}") from None
-    if target not in frame.columns:
-        raise CLIError(
-            f"target column {target!r} is not in {path!r}; columns are {list(frame.columns)}"
-        )
-    features = [c for c in frame.columns if c != target]
-    if not features:
-        raise CLIError(f"{path!r} has no feature columns besides the target {target!r}")
-    bad = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
-    if bad:
-        raise CLIError(f"column(s) {bad} of {path!r} are not numeric; encode or drop them first")
-    values = frame.to_numpy(dtype=np.float64)
-    missing = ~np.isfinite(values)
-    if missing.any():
-        row, col = np.argwhere(missing)[0]
-        raise CLIError(
-            f"{path!r} has {int(missing.any(axis=1).sum())} row(s) with missing or "
-            f"non-finite values (first: row {row + 2}, column {frame.columns[col]!r})"
-        )
-    if len(frame) < 5:
-        raise CLIError(f"{path!r} has {len(frame)} data rows; at least 5 are needed")
-    X = frame[features].to_numpy(dtype=np.float64)
-    y = frame[target].to_numpy(dtype=np.float64)
-    standardisation = None
-    reuse = saved is not None and saved["features"] == [str(f) for f in features]
-    reuse = reuse and saved["target"] == str(target)
-    if reuse:
-        # The model was fitted on data standardised with these constants: apply them, not
-        # the current file's own mean and std (and not --raw).
-        standardisation = saved["standardisation"]
-        if standardisation is not None:
-            X = (X - np.asarray(standardisation["x_mean"])) / np.asarray(standardisation["x_std"])
-            y = (y - standardisation["y_mean"]) / standardisation["y_std"]
-    elif not raw:
-        x_mean, x_std = X.mean(axis=0), X.std(axis=0)
-        y_mean, y_std = float(y.mean()), float(y.std())
-        const = [f for f, s in zip(features, x_std, strict=True) if s == 0]
-        if const or y_std == 0:
-            raise CLIError(
-                f"column(s) {const or [target]} of {path!r} are constant; drop them or pass --raw"
-            )
-        X = (X - x_mean) / x_std
-        y = (y - y_mean) / y_std
-        standardisation = {
-            "x_mean": x_mean.tolist(),
-            "x_std": x_std.tolist(),
-            "y_mean": y_mean,
-            "y_std": y_std,
-        }
-    return _Data(
-        X.astype(np.float32),
-        y.astype(np.float32),
-        tuple(map(str, features)),
-        str(target),
-        os.path.abspath(path),
-        standardisation,
-        reuse,
-    )
+        record = FitRecord.read(path)
+    except (OSError, ValueError) as e:
+        _say(args, f"note: ignoring {path}: {e}")
+        return None
+    if record.split is None or record.split.model_file != os.path.basename(model_path):
+        return None
+    return record
 
 
-def _load_data(args, saved: dict[str, Any] | None = None) -> _Data:
-    """The data of `--data`/`--target` (default: diabetes); `saved` is `_saved_fit`'s record
-    of the model's fit, whose standardisation is reused when its columns match."""
+def _standardised(raw: Dataset, standardise: Any) -> Dataset:
+    """`raw` (read with `standardise=False`) standardised as `from_frame` does."""
+    from . import datasets
+
+    if standardise is False:
+        return raw
+    try:
+        return datasets.from_frame(raw.to_frame(), raw.target_name, standardise=standardise)
+    except ValueError as e:
+        raise CLIError(str(e).replace("pass `standardise=False`", "pass --raw")) from None
+
+
+def _load_data(args, record: FitRecord | None = None) -> tuple[Dataset, str, bool]:
+    """The data of `--data`/`--target` (default: the bundled diabetes data).
+
+    **Returns:** `(data, source, reused)`: `reused` is true when `record` (the fit of the
+    `--model` being analysed) was made on data with these columns, whose standardisation
+    constants are then applied instead of the file's own (and instead of `--raw`).
+    """
+    from . import datasets
+
     if args.data is None:
         if args.target is not None:
             raise CLIError("--target needs --data FILE.csv")
-        from . import datasets
-
         try:
-            d = datasets.diabetes()
+            data = datasets.diabetes()
         except ImportError as e:
             raise CLIError(str(e)) from None
-        source = DIABETES_SOURCE
         # The bundled data's standardisation is fixed, so a model fitted on it saw the same.
-        return _Data(
-            d.X,
-            d.y,
-            d.feature_names,
-            d.target_name,
-            source,
-            {
-                "x_mean": d.x_mean.tolist(),
-                "x_std": d.x_std.tolist(),
-                "y_mean": d.y_mean,
-                "y_std": d.y_std,
-            },
-            saved is not None and saved["source"] == source,
-        )
+        return data, DIABETES_SOURCE, record is not None and record.source == DIABETES_SOURCE
     if args.target is None:
         raise CLIError("--data needs --target COLUMN (the column to predict)")
-    return _read_csv(args.data, args.target, args.raw, saved)
-
-
-def _saved_fit(model_path: str) -> dict[str, Any] | None:
-    """What `jacsens fit`/`analyze` recorded about a saved model's fit, if anything.
-
-    Reads `summary.json` in the model's folder; returns `None` unless it records the split
-    of this very model file (its `split.model_file`), with the data's source, columns,
-    standardisation and row count.
-    """
-    import json
-
-    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "summary.json")
+    if os.path.isdir(args.data):
+        raise CLIError(f"--data {args.data!r} is a folder; give a CSV file")
+    if not os.path.isfile(args.data):
+        raise CLIError(f"data file {args.data!r} does not exist")
+    source = os.path.abspath(args.data)
     try:
-        with open(path, encoding="utf-8") as f:
-            summary = json.load(f)
-        data, split = summary["data"], summary["split"]
-        record = {
-            "summary": path,
-            "source": str(data["source"]),
-            "features": [str(c) for c in data["features"]],
-            "target": str(data["target"]),
-            "standardisation": data["standardisation"],
-            "n_rows": int(split["n_rows"]),
-            "seed": int(split["seed"]),
-            "test_fraction": float(split["test_fraction"]),
-        }
-        if split["model_file"] != os.path.basename(model_path):
-            return None
-        st = record["standardisation"]
-        if st is not None and not (
-            isinstance(st, dict)
-            and all(k in st for k in ("x_mean", "x_std", "y_mean", "y_std"))
-            and len(st["x_mean"]) == len(st["x_std"]) == len(record["features"])
-        ):
-            return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return record
+        raw = datasets.from_csv(args.data, args.target, standardise=False, dtype=np.float64)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    # Too few rows is said first: with one row every column is "constant" too.
+    if not getattr(args, "model", None):  # fitting
+        _check_split_rows(len(raw), args.test_fraction, source)
+    elif len(raw) < 2:
+        raise CLIError(f"{source} has {len(raw)} data row; an R² needs at least 2")
+    reused = (
+        record is not None and record.target == args.target and raw.feature_names == record.features
+    )
+    if reused:
+        st = record.standardisation  # type: ignore[union-attr]
+        return _standardised(raw, False if st is None else st), source, True
+    return _standardised(raw, not args.raw), source, False
 
 
 def _load_model(path: str):
     import jacsens
 
+    if os.path.isdir(path):
+        raise CLIError(f"--model {path!r} is a folder; give a model file")
     if not os.path.isfile(path):
         raise CLIError(f"model file {path!r} does not exist")
     try:
@@ -362,7 +293,45 @@ def _seed_model():
     return jacsens.MLP(52, (20, 10), "scalar", "tanh", key=jax.random.key(0))
 
 
-# --------------------------------------------------------------------------- commands
+def _model_json(model) -> dict[str, Any]:
+    cls, hp = describe_model(model)
+    return {"class": cls, **hp}
+
+
+def _in_shape(model) -> tuple[int, ...]:
+    """A saveable model's input shape (`describe_model` records its `in_size`)."""
+    in_size = describe_model(model)[1]["in_size"]
+    return () if in_size == "scalar" else (int(in_size),)
+
+
+def _check_model_input(model, data: Dataset, source: str) -> None:
+    """The model maps one row of the data to one number (checked on shapes, nothing runs)."""
+    import jax
+
+    from ._plan import make_plan
+
+    X = jax.ShapeDtypeStruct(data.X.shape, data.X.dtype)
+    try:
+        plan = make_plan(model, X, None, argname="--data")
+    except (TypeError, ValueError) as e:
+        raise CLIError(f"the model does not fit the data ({source}): {e}") from None
+    if plan.out_shape not in ((), (1,)):
+        raise CLIError(
+            f"the model has outputs of shape {plan.out_shape}; analyze needs a model with one "
+            "output (the target)"
+        )
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """A fitted or loaded model, the record of its fit and the line printed about its R²."""
+
+    model: Any
+    record: FitRecord
+    line: str
 
 
 def _say(args, *lines: str) -> None:
@@ -377,163 +346,193 @@ def _r2(y: np.ndarray, pred: np.ndarray) -> float:
     return 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
 
 
-def _model_shape(model) -> dict[str, Any]:
-    from ._io import _describe
+def _predictor(model):
+    import jax
 
-    cls, hp = _describe(model)
-    return {"class": cls, **hp}
-
-
-def _check_model_input(model, n_features: int, source: str) -> None:
-    from ._chain import try_read_chain
-
-    chain = try_read_chain(model)
-    if chain is None or chain.in_shape != (n_features,):
-        got = None if chain is None else chain.in_shape
-        raise CLIError(
-            f"the model takes inputs of shape {got}, but the data ({source}) have "
-            f"{n_features} features"
-        )
-    if chain.out_shape not in ((), (1,)):
-        raise CLIError(
-            f"the model has outputs of shape {chain.out_shape}; analyze needs a model with "
-            "one output (the target)"
-        )
+    predict = jax.jit(lambda X: jax.vmap(model)(X).reshape(X.shape[0]))
+    return lambda X, y: _r2(np.asarray(y, np.float64), np.asarray(predict(X), np.float64))
 
 
-def _split(data: _Data, seed: int, test_fraction: float):
+def _check_split_rows(n: int, test_fraction: float, source: str) -> None:
+    """At least two test rows (or the test R² is undefined) and one training row."""
+    from . import datasets
+
+    n_train, n_test = datasets.split_sizes(n, test_fraction)
+    if n_test >= 2 and n_train >= 1:
+        return
+    need = 3
+    while not (lambda tr, te: tr >= 1 and te >= 2)(*datasets.split_sizes(need, test_fraction)):
+        need += 1  # ends: both parts grow with the row count for a fraction in (0, 1)
+    raise CLIError(
+        f"{source} has {n} data row(s): --test-fraction {test_fraction} leaves {n_test} "
+        f"test row(s) and {n_train} training row(s); a test R² needs at least 2 test rows "
+        f"and fitting 1 training row, so at least {need} rows at this --test-fraction"
+    )
+
+
+def _split(data: Dataset, seed: int, test_fraction: float, source: str):
     """The train/test split of `seed` (the first of three keys split from it) and
-    `test_fraction`; at least two test rows, or the test R² is undefined."""
+    `test_fraction`: at least two test rows (or the test R² is undefined) and one train row."""
     import jax
 
     from . import datasets
 
+    _check_split_rows(len(data), test_fraction, source)
     k_split = jax.random.split(jax.random.key(seed), 3)[0]
-    try:
-        train, test = datasets.train_test_split((data.X, data.y), test_fraction, key=k_split)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
-    if len(test[1]) < 2:
-        raise CLIError(
-            f"--test-fraction {test_fraction} of {len(data.y)} rows leaves {len(test[1])} test "
-            "row; at least 2 are needed for a test R² (raise --test-fraction or add rows)"
-        )
-    return train, test
+    return datasets.train_test_split((data.X, data.y), test_fraction, key=k_split)
 
 
-def _fit_or_load(args, data: _Data, timings: dict[str, float], saved: dict[str, Any] | None):
-    """Fit a model (or load `--model`) and evaluate it.
-
-    Returns `(model, info, metrics, line)`: training details, the R² values with what they
-    were computed on, and the line printed about them. A loaded model is scored on the
-    train/test split it was fitted on when `saved` (see `_saved_fit`) matches the data;
-    otherwise on all rows, labelled as such (its training rows are unknown).
-    """
+def _fit(args, data: Dataset, source: str, timings: dict[str, float]) -> _Outcome:
+    """Fit an MLP on the train part of the split of `--seed` and `--test-fraction`."""
     import jax
     import optax
 
     import jacsens
 
-    n_rows = int(len(data.y))
-    if getattr(args, "model", None):
-        model = _load_model(args.model)
-        _check_model_input(model, data.X.shape[1], data.source)
-        info: dict[str, Any] = {"model_file": os.path.abspath(args.model), "fitted": False}
-        same_data = (
-            saved is not None
-            and data.saved_standardisation
-            and saved["source"] == data.source
-            and saved["n_rows"] == n_rows
-        )
-        if same_data:
-            seed, fraction = saved["seed"], saved["test_fraction"]
-            (X_tr, y_tr), (X_te, y_te) = _split(data, seed, fraction)
-            info["fit_summary"] = saved["summary"]
-            info["split"] = {
-                "seed": seed,
-                "test_fraction": fraction,
-                "n_rows": n_rows,
-                "model_file": os.path.basename(args.model),
-            }
-            info.update(n_train=int(len(y_tr)), n_test=int(len(y_te)))
-            evaluated_on = "the train/test split the model was fitted on (from its summary.json)"
-        else:
-            X_tr = y_tr = X_te = y_te = None
-            evaluated_on = "all rows (model fitted elsewhere: its training rows are unknown)"
-            if data.saved_standardisation:
-                info["fit_summary"] = saved["summary"]
-    else:
-        if not args.lr > 0:
-            raise CLIError(f"--lr must be positive, got {args.lr}")
-        (X_tr, y_tr), (X_te, y_te) = _split(data, args.seed, args.test_fraction)
-        _, k_init, k_fit = jax.random.split(jax.random.key(args.seed), 3)
-        info = {"n_train": int(len(y_tr)), "n_test": int(len(y_te))}
-        model = jacsens.MLP(data.X.shape[1], args.hidden, "scalar", args.activation, key=k_init)
-        _say(
-            args,
-            f"Fitting MLP {data.X.shape[1]}-{'-'.join(map(str, args.hidden))}-1 "
-            f"({args.activation}) on {len(y_tr)} rows, {args.epochs} epochs...",
-        )
-        t0 = time.perf_counter()
-        model, history = jacsens.fit(
-            model,
-            X_tr,
-            y_tr,
-            optimizer=optax.adam(args.lr),
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            key=k_fit,
-            validation=(X_te, y_te),
-            progress=not args.quiet,
-        )
-        timings["fit_s"] = time.perf_counter() - t0
-        if not np.isfinite(history.train_loss[-1]):
-            raise CLIError(f"training diverged (loss {history.train_loss[-1]}); lower --lr")
-        info.update(
-            fitted=True,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.lr,
-            final_train_loss=history.train_loss[-1],
-            final_test_loss=history.val_loss[-1],
-        )
-        info["split"] = {
-            "seed": args.seed,
-            "test_fraction": args.test_fraction,
-            "n_rows": n_rows,
-            "model_file": MODEL_FILE,
-        }
-        evaluated_on = "held-out test rows of this fit"
+    if not args.lr > 0:
+        raise CLIError(f"--lr must be positive, got {args.lr}")
+    (X_tr, y_tr), (X_te, y_te) = _split(data, args.seed, args.test_fraction, source)
+    _, k_init, k_fit = jax.random.split(jax.random.key(args.seed), 3)
+    model = jacsens.MLP(data.n_features, args.hidden, "scalar", args.activation, key=k_init)
+    _say(
+        args,
+        f"Fitting MLP {data.n_features}-{'-'.join(map(str, args.hidden))}-1 "
+        f"({args.activation}) on {len(y_tr)} rows, {args.epochs} epochs...",
+    )
     t0 = time.perf_counter()
-    predict = jax.jit(lambda X: jax.vmap(model)(X).reshape(X.shape[0]))
+    model, history = jacsens.fit(
+        model,
+        X_tr,
+        y_tr,
+        optimizer=optax.adam(args.lr),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        key=k_fit,
+        validation=(X_te, y_te),
+        progress=not args.quiet,
+    )
+    timings["fit_s"] = time.perf_counter() - t0
+    if not np.isfinite(history.train_loss[-1]):
+        raise CLIError(f"training diverged (loss {history.train_loss[-1]}); lower --lr")
+    t0 = time.perf_counter()
+    r2 = _predictor(model)
+    metrics = {
+        "train_r2": r2(X_tr, y_tr),
+        "test_r2": r2(X_te, y_te),
+        "evaluated_on": "held-out test rows of this fit",
+    }
+    timings["evaluate_s"] = time.perf_counter() - t0
+    record = FitRecord(
+        source=source,
+        features=data.feature_names,
+        target=data.target_name,
+        n_rows=len(data),
+        standardisation=data.standardisation,
+        model=_model_json(model),
+        split=Split(args.seed, args.test_fraction, len(data), MODEL_FILE),
+        training={
+            "fitted": True,
+            "seed": args.seed,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "learning_rate": args.lr,
+            "final_train_loss": history.train_loss[-1],
+            "final_test_loss": history.val_loss[-1],
+            "n_train": len(y_tr),
+            "n_test": len(y_te),
+        },
+        metrics=metrics,
+    )
+    line = f"Test R² = {metrics['test_r2']:.3f} (train {metrics['train_r2']:.3f})"
+    return _Outcome(model, record, line)
 
-    def r2(X, y):
-        return _r2(y.astype(np.float64), np.asarray(predict(X), np.float64))
 
-    if X_te is None:
-        metrics = {"r2_all_rows": r2(data.X, data.y), "evaluated_on": evaluated_on}
-        line = f"R² on all rows (model fitted elsewhere) = {metrics['r2_all_rows']:.3f}"
-    else:
+def _load_and_score(
+    args, data: Dataset, source: str, fitted: FitRecord | None, reused: bool
+) -> _Outcome:
+    """Load `--model` and score it: on the split it was fitted on when `fitted` (the record
+    beside it) is of these very rows, otherwise on all rows, labelled so."""
+    model = _load_model(args.model)
+    _check_model_input(model, data, source)
+    training: dict[str, Any] = {"fitted": False, "model_file": os.path.abspath(args.model)}
+    if reused:
+        training["fit_summary"] = os.path.join(
+            os.path.dirname(training["model_file"]), "summary.json"
+        )
+    r2 = _predictor(model)
+    split = None
+    if reused and fitted is not None and fitted.source == source and fitted.n_rows == len(data):
+        split = fitted.split
+        (X_tr, y_tr), (X_te, y_te) = _split(data, split.seed, split.test_fraction, source)
+        training.update(n_train=len(y_tr), n_test=len(y_te))
         metrics = {
             "train_r2": r2(X_tr, y_tr),
             "test_r2": r2(X_te, y_te),
-            "evaluated_on": evaluated_on,
+            "evaluated_on": "the train/test split the model was fitted on (from its summary.json)",
         }
         line = f"Test R² = {metrics['test_r2']:.3f} (train {metrics['train_r2']:.3f})"
-        if not info["fitted"]:
-            line += "; on the split the model was fitted on"
-    timings["evaluate_s"] = time.perf_counter() - t0
-    return model, info, metrics, line
+        line += "; on the split the model was fitted on"
+    else:
+        metrics = {
+            "r2_all_rows": r2(data.X, data.y),
+            "evaluated_on": "all rows (model fitted elsewhere: its training rows are unknown)",
+        }
+        line = f"R² on all rows (model fitted elsewhere) = {metrics['r2_all_rows']:.3f}"
+    if reused:
+        line += f"\n(standardisation as saved with the model, in {training['fit_summary']})"
+    record = FitRecord(
+        source=source,
+        features=data.feature_names,
+        target=data.target_name,
+        n_rows=len(data),
+        standardisation=data.standardisation,
+        model=_model_json(model),
+        split=split,
+        training=training,
+        metrics=metrics,
+    )
+    return _Outcome(model, record, line)
 
 
-def _prepare_out(path: str) -> str:
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise CLIError(f"--out {path!r} exists and is not a folder")
+# --------------------------------------------------------------------------- output
+
+
+def _replaceable(path: str) -> bool:
+    """Whether the folder `path` holds only what a jacsens report or fit writes."""
+    entries = set(os.listdir(path))
+    return not entries or ("summary.json" in entries and entries <= REPORT_FILES)
+
+
+def _check_out(args) -> str:
+    """`--out` can take the report: checked before any work (fitting takes minutes)."""
+    out = os.path.abspath(args.out)
+    parent = os.path.dirname(out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CLIError(f"--out {args.out!r} exists and is not a folder")
+    if not os.path.isdir(parent):
+        raise CLIError(f"--out {args.out!r}: the folder {parent!r} does not exist")
+    if os.path.isdir(out) and not _replaceable(out):
+        raise CLIError(
+            f"--out {args.out!r} holds files jacsens did not write; it would be replaced by "
+            "the report: choose a new or empty folder"
+        )
+    for name in ("model", "data"):
+        given = getattr(args, name, None)
+        if given and os.path.dirname(os.path.realpath(given)) == os.path.realpath(out):
+            raise CLIError(
+                f"--{name} {given!r} is inside --out {args.out!r}, which the new report "
+                "replaces as a whole: write the report to another folder"
+            )
+    return out
+
+
+def _write_folder(args, out: str, write) -> None:
+    """Run `write(folder)` on a temporary folder beside `out`, then swap it in whole."""
     try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise CLIError(f"cannot create the output folder {path!r}: {e.strerror}") from None
-    return path
+        with atomic_folder(out, replace=_replaceable) as tmp:
+            write(tmp)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 def _ranked_table(result, by: str = "mean_abs") -> str:
@@ -553,6 +552,9 @@ def _ranked_table(result, by: str = "mean_abs") -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- commands
+
+
 def cmd_analyze(args) -> int:
     import jax
 
@@ -560,18 +562,19 @@ def cmd_analyze(args) -> int:
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    saved = _saved_fit(args.model) if args.model else None
-    data = _load_data(args, saved)
+    out = _check_out(args)
+    fitted = _fit_record_beside(args.model, args) if args.model else None
+    data, source, reused = _load_data(args, fitted)
     timings["data_s"] = time.perf_counter() - t_start
-    out = _prepare_out(args.out)
-    model, info, metrics, line = _fit_or_load(args, data, timings, saved)
-    if data.saved_standardisation:
-        line += f"\n(standardisation as saved with the model, in {saved['summary']})"
-    _say(args, line)
+    if args.model:
+        outcome = _load_and_score(args, data, source, fitted, reused)
+    else:
+        outcome = _fit(args, data, source, timings)
+    _say(args, outcome.line)
 
     t0 = time.perf_counter()
     result = jacsens.sensitivity(
-        model,
+        outcome.model,
         data.X,
         chunk_size=args.chunk_size,
         feature_names=data.feature_names,
@@ -588,60 +591,52 @@ def cmd_analyze(args) -> int:
         _ranked_table(result),
         "",
     )
+    files = {"csv": "sensitivity.csv", "png": "sensitivity.png", "summary": "summary.json"}
+    if outcome.record.training["fitted"]:
+        files["model"] = MODEL_FILE
 
-    t0 = time.perf_counter()
-    paths = {
-        "csv": os.path.join(out, "sensitivity.csv"),
-        "png": os.path.join(out, "sensitivity.png"),
-        "summary": os.path.join(out, "summary.json"),
-    }
-    result.to_frame().to_csv(paths["csv"], index=False)
-    try:
-        import matplotlib
+    def write(folder: str) -> None:
+        t0 = time.perf_counter()
+        result.to_frame().to_csv(os.path.join(folder, files["csv"]), index=False)
+        try:
+            import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
 
-        fig = result.plot(kind="bar")
-        fig.savefig(paths["png"], dpi=120, bbox_inches="tight")
-        plt.close(fig)
-    except ImportError:
-        paths.pop("png")
-        _say(args, 'matplotlib is not installed: no sensitivity.png (pip install "jacsens[plot]")')
-    if info["fitted"]:
-        paths["model"] = os.path.join(out, MODEL_FILE)
-        jacsens.save(paths["model"], model)
-    timings["report_s"] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - t_start
-    summary = {
-        "jacsens_version": jacsens.__version__,
-        "backend": jax.default_backend(),
-        "data": {
-            "source": data.source,
-            "n_rows": int(data.X.shape[0]),
-            "features": list(data.feature_names),
-            "target": data.target_name,
-            "standardisation": data.standardisation,
-        },
-        "model": _model_shape(model),
-        "metrics": metrics,
-        "split": info.pop("split", None),
-        "training": info,
-        "sensitivity": {
-            "n": result.n,
-            "mode": result.mode,
-            "units": units,
-            "ranking_by_mean_abs": result.ranking(0, by="mean_abs"),
-            "ranking_by_dgsm": result.ranking(0, by="dgsm"),
-        },
-        "timings": timings,
-        "seed": args.seed,
-        "files": {k: os.path.basename(v) for k, v in paths.items()},
-    }
-    atomic_write_json(paths["summary"], summary)
+            fig = result.plot(kind="bar")
+            fig.savefig(os.path.join(folder, files["png"]), dpi=120, bbox_inches="tight")
+            plt.close(fig)
+        except ImportError:
+            files.pop("png")
+            _say(
+                args,
+                'matplotlib is not installed: no sensitivity.png (pip install "jacsens[plot]")',
+            )
+        if "model" in files:
+            jacsens.save(os.path.join(folder, MODEL_FILE), outcome.model)
+        timings["report_s"] = time.perf_counter() - t0
+        timings["total_s"] = time.perf_counter() - t_start
+        summary = {
+            "jacsens_version": jacsens.__version__,
+            "backend": jax.default_backend(),
+            **outcome.record.to_json(),
+            "sensitivity": {
+                "n": result.n,
+                "mode": result.mode,
+                "units": units,
+                "ranking_by_mean_abs": result.ranking(0, by="mean_abs"),
+                "ranking_by_dgsm": result.ranking(0, by="dgsm"),
+            },
+            "timings": timings,
+            "files": files,
+        }
+        atomic_write_json(os.path.join(folder, files["summary"]), summary)
+
+    _write_folder(args, out, write)
     _say(
         args,
-        f"Report written to {out}/ ({', '.join(sorted(summary['files'].values()))}) in "
+        f"Report written to {args.out}/ ({', '.join(sorted(files.values()))}) in "
         f"{timings['total_s']:.1f} s.",
     )
     return 0
@@ -652,30 +647,23 @@ def cmd_fit(args) -> int:
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    data = _load_data(args)
-    out = _prepare_out(args.out)
-    model, info, metrics, line = _fit_or_load(args, data, timings, None)
-    path = os.path.join(out, MODEL_FILE)
-    jacsens.save(path, model)
-    timings["total_s"] = time.perf_counter() - t_start
-    summary = {
-        "jacsens_version": jacsens.__version__,
-        "data": {
-            "source": data.source,
-            "features": list(data.feature_names),
-            "target": data.target_name,
-            "standardisation": data.standardisation,
-        },
-        "model": _model_shape(model),
-        "metrics": metrics,
-        "split": info.pop("split"),
-        "training": info,
-        "timings": timings,
-        "seed": args.seed,
-        "files": {"model": MODEL_FILE, "summary": "summary.json"},
-    }
-    atomic_write_json(os.path.join(out, "summary.json"), summary)
-    _say(args, f"{line}; model written to {path}")
+    out = _check_out(args)
+    data, source, _ = _load_data(args)
+    outcome = _fit(args, data, source, timings)
+
+    def write(folder: str) -> None:
+        jacsens.save(os.path.join(folder, MODEL_FILE), outcome.model)
+        timings["total_s"] = time.perf_counter() - t_start
+        summary = {
+            "jacsens_version": jacsens.__version__,
+            **outcome.record.to_json(),
+            "timings": timings,
+            "files": {"model": MODEL_FILE, "summary": "summary.json"},
+        }
+        atomic_write_json(os.path.join(folder, "summary.json"), summary)
+
+    _write_folder(args, out, write)
+    _say(args, f"{outcome.line}; model written to {os.path.join(args.out, MODEL_FILE)}")
     return 0
 
 
@@ -695,13 +683,8 @@ def cmd_check(args) -> int:
 
     import jacsens
 
-    from ._chain import try_read_chain
-
     model = _load_model(args.model) if args.model else _seed_model()
-    chain = try_read_chain(model)
-    if chain is None:
-        raise CLIError("the model has no readable layer chain")
-    X = jax.random.normal(jax.random.key(args.seed), (args.batch, *chain.in_shape))
+    X = jax.random.normal(jax.random.key(args.seed), (args.batch, *_in_shape(model)))
     report = jacsens.crosscheck(model, X)
     print(report)
     if report.passed:
@@ -712,9 +695,20 @@ def cmd_check(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from ._bench import run_bench
+    from ._timing import bench_jacobian, bench_table
 
-    run_bench(quick=args.quick, out=args.out)
+    if args.out is not None:
+        out = os.path.abspath(args.out)
+        if os.path.isdir(out):
+            raise CLIError(f"--out {args.out!r} is a folder; give a file name such as bench.json")
+    results = bench_jacobian(quick=args.quick)
+    meta = results["meta"]
+    print(f"jacsens bench on {meta['backend']} ({meta['device_kind']}), jax {meta['jax']}")
+    print(bench_table(results))
+    if args.out is not None:
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        atomic_write_json(out, results)
+        print(f"results written to {args.out}")
     return 0
 
 

@@ -2,14 +2,16 @@
 
 `diabetes()` and `digits()` read the files that ship inside scikit-learn (no download);
 scikit-learn is an optional dependency (`pip install "jacsens[data]"`). `friedman1()` is
-generated with `jax.random` and needs nothing extra.
+generated with `jax.random` and needs nothing extra. `from_csv()` and `from_frame()` turn a
+table of your own (pandas, also in `[data]`) into a `Dataset`, standardised by default.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -17,7 +19,17 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
-__all__ = ["Dataset", "diabetes", "digits", "friedman1", "friedman1_function", "train_test_split"]
+__all__ = [
+    "Dataset",
+    "diabetes",
+    "digits",
+    "friedman1",
+    "friedman1_function",
+    "from_csv",
+    "from_frame",
+    "split_sizes",
+    "train_test_split",
+]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -28,16 +40,18 @@ class Dataset:
 
     - `X`: inputs, `float32` NumPy array of shape `(N, n_features)`.
     - `y`: targets of shape `(N,)`: `float32` for regression, `int32` class labels for
-        classification.
+        classification; `(N, n_targets)` for several regression targets.
     - `feature_names`: one name per column of `X`.
-    - `target_name`: name of the target.
+    - `target_name`: name of the target (of several targets: their names joined by ", ";
+        see `target_names`).
     - `description`: where the data come from and how they were transformed.
     - `bounds`: `(n_features, 2)` array of `[low, high]` per feature, or `None`. For
         generated data these are the sampling bounds; for bundled data the documented
         range of the (transformed) features.
     - `x_mean`, `x_std`: if `X` was standardised, the column means and standard deviations
         of the raw data (`raw = X * x_std + x_mean`); otherwise `None`.
-    - `y_mean`, `y_std`: the same for `y`.
+    - `y_mean`, `y_std`: the same for `y` (arrays of one value per target for several).
+    - `target_names`: one name per target: `(target_name,)` for one-dimensional `y`.
     """
 
     X: np.ndarray
@@ -48,8 +62,9 @@ class Dataset:
     bounds: np.ndarray | None = None
     x_mean: np.ndarray | None = None
     x_std: np.ndarray | None = None
-    y_mean: float | None = None
-    y_std: float | None = None
+    y_mean: float | np.ndarray | None = None
+    y_std: float | np.ndarray | None = None
+    target_names: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.X.ndim != 2:
@@ -63,6 +78,17 @@ class Dataset:
             raise ValueError(
                 f"`feature_names` must have {self.X.shape[1]} entries, got "
                 f"{len(self.feature_names)}."
+            )
+        n_targets = 1 if self.y.ndim == 1 else self.y.shape[1]
+        if not self.target_names:
+            # frozen: the default is filled in once, here
+            if n_targets != 1:
+                raise ValueError(f"`target_names` must name the {n_targets} columns of `y`.")
+            object.__setattr__(self, "target_names", (self.target_name,))
+        if len(self.target_names) != n_targets or self.y.ndim > 2:
+            raise ValueError(
+                f"`target_names` must have one entry per target ({n_targets} for `y` of "
+                f"shape {self.y.shape}), got {self.target_names}."
             )
 
     def __len__(self) -> int:
@@ -97,8 +123,24 @@ class Dataset:
         import pandas as pd
 
         frame = pd.DataFrame(self.X, columns=list(self.feature_names))
-        frame[self.target_name] = self.y
+        y = self.y.reshape(len(self), -1)
+        for i, name in enumerate(self.target_names):
+            frame[name] = y[:, i]
         return frame
+
+    @property
+    def standardisation(self) -> dict[str, Any] | None:
+        """The standardisation constants as plain lists and floats (the form `from_frame`'s
+        `standardise` takes and JSON stores), or `None` if `X` is not standardised."""
+        if self.x_mean is None:
+            return None
+        y_mean, y_std = np.asarray(self.y_mean), np.asarray(self.y_std)
+        return {
+            "x_mean": np.asarray(self.x_mean, np.float64).tolist(),
+            "x_std": np.asarray(self.x_std, np.float64).tolist(),
+            "y_mean": y_mean.astype(np.float64).tolist(),
+            "y_std": y_std.astype(np.float64).tolist(),
+        }
 
     def __repr__(self) -> str:
         kind = "standardised" if self.standardised else "raw"
@@ -219,6 +261,7 @@ def friedman1(n: int, key: PRNGKeyArray, noise: float = 0.0) -> Dataset:
     """
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
         raise ValueError(f"`n` must be a positive int, got {n!r}.")
+    _check_key(key)
     if (
         isinstance(noise, bool)
         or not isinstance(noise, int | float | np.floating)
@@ -250,16 +293,49 @@ def friedman1_function(X: Any) -> jax.Array:
     return 10 * jnp.sin(jnp.pi * x1 * x2) + 20 * (x3 - 0.5) ** 2 + 10 * x4 + 5 * x5
 
 
-def _split_indices(n: int, test_fraction: float, key) -> tuple[np.ndarray, np.ndarray]:
-    if not isinstance(test_fraction, float | int) or not 0 < test_fraction < 1:
+def _check_key(key: Any, argname: str = "key") -> None:
+    """A typed key (`jax.random.key`) or a legacy `uint32[2]` key (`jax.random.PRNGKey`)."""
+    if isinstance(key, jax.Array | np.ndarray):
+        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
+            return
+        if key.dtype == np.uint32 and key.shape == (2,):
+            return
+        got = f"an array of shape {key.shape} and dtype {key.dtype}"
+    else:
+        got = f"{type(key).__name__} {key!r}"
+    raise TypeError(
+        f"`{argname}` must be one jax.random key, such as `jax.random.key(0)`, got {got}."
+    )
+
+
+def split_sizes(n_rows: int, test_fraction: float) -> tuple[int, int]:
+    """The sizes `(n_train, n_test)` that `train_test_split` gives `n_rows` rows:
+    `n_test = round(n_rows * test_fraction)` (to the nearest integer, ties to even)."""
+    if (
+        isinstance(test_fraction, bool)
+        or not isinstance(test_fraction, float | int)
+        or not 0 < test_fraction < 1
+    ):
         raise ValueError(f"`test_fraction` must be in (0, 1), got {test_fraction!r}.")
-    n_test = int(round(n * test_fraction))
-    if n_test < 1 or n_test > n - 1:
+    n_test = int(round(n_rows * test_fraction))
+    return n_rows - n_test, n_test
+
+
+def _split_indices(n: int, test_fraction: float, key: Any) -> tuple[np.ndarray, np.ndarray]:
+    n_train, n_test = split_sizes(n, test_fraction)
+    if n_test < 1 or n_train < 1:
         raise ValueError(
-            f"`test_fraction`={test_fraction} of {n} rows leaves an empty train or test set."
+            f"`test_fraction`={test_fraction} of {n} rows leaves {n_train} train and {n_test} "
+            "test rows; each part needs at least one."
         )
+    _check_key(key)
     perm = np.asarray(jax.random.permutation(key, n))
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+def _take(a: Any, idx: np.ndarray) -> Any:
+    # pandas objects are indexed by position (`a[idx]` would select columns or labels)
+    return a.iloc[idx] if hasattr(a, "iloc") else a[idx]
 
 
 def train_test_split(
@@ -269,10 +345,11 @@ def train_test_split(
 
     **Arguments:**
 
-    - `data`: a `Dataset`, or a sequence of arrays with the same number of rows
-        (e.g. `(X, y)`).
+    - `data`: a `Dataset`, or a tuple or list of arrays with the same number of rows
+        (e.g. `(X, y)`; NumPy or JAX arrays, or pandas DataFrames/Series, split by
+        position).
     - `test_fraction`: fraction of rows in the test part, in `(0, 1)`; rounded to a whole
-        number of rows, at least one in each part.
+        number of rows (`split_sizes`), at least one in each part.
     - `key`: a `jax.random` key choosing the rows.
 
     **Returns:**
@@ -280,6 +357,12 @@ def train_test_split(
     `(train, test)`: two `Dataset`s with the same metadata (standardisation constants are
     those of the full data), or two tuples of arrays in the order given. Rows keep their
     original order within each part.
+
+    **Raises:**
+
+    `TypeError` if `data` is neither (a DataFrame alone: pass `(frame,)`, or use
+    `from_frame`) or `key` is not a PRNG key; `ValueError` if the row counts differ or a
+    part would be empty.
     """
     if isinstance(data, Dataset):
         train_idx, test_idx = _split_indices(len(data), test_fraction, key)
@@ -288,10 +371,19 @@ def train_test_split(
             dataclasses.replace(data, X=data.X[test_idx], y=data.y[test_idx]),
         )
     if not isinstance(data, list | tuple) or len(data) == 0:
+        hint = ""
+        if hasattr(data, "iloc"):
+            hint = " (for one table pass `(frame,)`, or make a Dataset with from_frame)"
         raise TypeError(
-            "`data` must be a jacsens.datasets.Dataset or a non-empty sequence of arrays, "
-            f"got {type(data).__name__}."
+            "`data` must be a jacsens.datasets.Dataset or a non-empty tuple or list of "
+            f"arrays, got {type(data).__name__}{hint}."
         )
+    for i, a in enumerate(data):
+        if not (hasattr(a, "iloc") or isinstance(a, np.ndarray | jax.Array)):
+            raise TypeError(
+                f"`data[{i}]` must be an array (NumPy, JAX or pandas), got "
+                f"{type(a).__name__}; convert it with np.asarray first."
+            )
     rows = [np.shape(a)[0] if np.ndim(a) > 0 else None for a in data]
     if any(r is None for r in rows) or len(set(rows)) != 1:
         raise ValueError(
@@ -299,4 +391,219 @@ def train_test_split(
             f"{[np.shape(a) for a in data]}."
         )
     train_idx, test_idx = _split_indices(rows[0], test_fraction, key)
-    return tuple(a[train_idx] for a in data), tuple(a[test_idx] for a in data)
+    return tuple(_take(a, train_idx) for a in data), tuple(_take(a, test_idx) for a in data)
+
+
+def _standardisation_constants(
+    X: np.ndarray, y: np.ndarray, standardise: Any, features: list[str], targets: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`(x_mean, x_std, y_mean, y_std)` in float64: the data's own, or those given."""
+    if standardise is True:
+        x_mean, x_std = X.mean(axis=0), X.std(axis=0)
+        y_mean, y_std = y.mean(axis=0), y.std(axis=0)
+        const = [f for f, sd in zip(features, x_std, strict=True) if not sd > 0]
+        const += [t for t, sd in zip(targets, np.atleast_1d(y_std), strict=True) if not sd > 0]
+        if const:
+            raise ValueError(
+                f"Cannot standardise the constant column(s) {const}: drop them or pass "
+                "`standardise=False`."
+            )
+        return x_mean, x_std, y_mean, y_std
+    if not isinstance(standardise, Mapping) or set(standardise) != {
+        "x_mean",
+        "x_std",
+        "y_mean",
+        "y_std",
+    }:
+        raise TypeError(
+            "`standardise` must be True, False or a mapping with the keys x_mean, x_std, "
+            f"y_mean and y_std (such as `Dataset.standardisation`), got {standardise!r}."
+        )
+    consts = {k: np.asarray(v, np.float64) for k, v in standardise.items()}
+    shapes = {"x_mean": X.shape[1:], "x_std": X.shape[1:], "y_mean": y.shape[1:]}
+    shapes["y_std"] = y.shape[1:]
+    for k, shape in shapes.items():
+        if consts[k].shape != shape:
+            raise ValueError(
+                f"`standardise[{k!r}]` must have shape {shape} for {X.shape[1]} features and "
+                f"{len(targets)} target(s), got {consts[k].shape}."
+            )
+        if not np.all(np.isfinite(consts[k])) or (k.endswith("std") and np.any(consts[k] <= 0)):
+            raise ValueError(f"`standardise[{k!r}]` must be finite (stds positive).")
+    return consts["x_mean"], consts["x_std"], consts["y_mean"], consts["y_std"]
+
+
+def _from_frame(
+    frame: Any,
+    target: str | Sequence[str],
+    features: Sequence[str] | None,
+    standardise: bool | Mapping[str, Any],
+    dtype: Any,
+    source: str,
+    row_label: str,
+) -> Dataset:
+    """`from_frame` with `source` naming the table in messages and `row_label` (`"row"`
+    or `"line"`) how its rows are numbered (0-based rows, 1-based file lines)."""
+    import pandas as pd
+
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"`frame` must be a pandas DataFrame, got {type(frame).__name__}.")
+    columns = [str(c) for c in frame.columns]
+    if len(set(columns)) != len(columns):
+        dup = sorted({c for c in columns if columns.count(c) > 1})
+        raise ValueError(f"{source} has duplicate column names {dup}.")
+    frame = frame.set_axis(columns, axis=1)
+    if isinstance(target, str):
+        targets, single = [target], True
+    elif isinstance(target, Sequence) and target and all(isinstance(t, str) for t in target):
+        targets, single = list(target), False
+    else:
+        raise TypeError(
+            f"`target` must be a column name or a non-empty list of them, got {target!r}."
+        )
+    missing = [t for t in targets if t not in columns]
+    if missing:
+        raise ValueError(
+            f"`target` column(s) {missing} are not in {source}; its columns are {columns}."
+        )
+    if features is None:
+        feats = [c for c in columns if c not in targets]
+    else:
+        if isinstance(features, str) or not all(isinstance(f, str) for f in features):
+            raise TypeError(f"`features` must be a list of column names, got {features!r}.")
+        feats = list(features)
+        absent = [f for f in feats if f not in columns]
+        if absent:
+            raise ValueError(f"`features` {absent} are not in {source}; its columns are {columns}.")
+        both = [f for f in feats if f in targets]
+        if both:
+            raise ValueError(f"`features` {both} are also `target` columns.")
+    if not feats:
+        raise ValueError(f"{source} has no feature columns besides the target {targets}.")
+    if len(frame) == 0:
+        raise ValueError(f"{source} has a header but no data rows.")
+    used = feats + targets
+    text = [c for c in used if not pd.api.types.is_numeric_dtype(frame[c])]
+    if text:
+        raise ValueError(
+            f"Column(s) {text} of {source} are not numeric; encode or drop them first."
+        )
+    values = frame[used].to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        where = f"line {row + 2}" if row_label == "line" else f"row {row}"
+        raise ValueError(
+            f"{source} has {int(bad.any(axis=1).sum())} row(s) with missing or non-finite "
+            f"values (first: {where}, column {used[col]!r})."
+        )
+    X = values[:, : len(feats)]
+    y = values[:, len(feats)] if single else values[:, len(feats) :]
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"`dtype` must be float32 or float64, got {dtype}.")
+    st: dict[str, Any] = {}
+    how = "raw (not standardised)"
+    if standardise is not False:
+        x_mean, x_std, y_mean, y_std = _standardisation_constants(X, y, standardise, feats, targets)
+        X, y = (X - x_mean) / x_std, (y - y_mean) / y_std
+        y_mean_out = float(y_mean) if single else y_mean
+        y_std_out = float(y_std) if single else y_std
+        st = dict(x_mean=x_mean, x_std=x_std, y_mean=y_mean_out, y_std=y_std_out)
+        how = (
+            "standardised to mean 0, std 1 (population std)"
+            if standardise is True
+            else "standardised with the constants given"
+        )
+    X = X.astype(dtype)
+    return Dataset(
+        X=X,
+        y=y.astype(dtype),
+        feature_names=tuple(feats),
+        target_name=targets[0] if single else ", ".join(targets),
+        description=f"{source}: {len(X)} rows, target(s) {targets}; X and y {how}.",
+        bounds=np.stack([X.min(axis=0), X.max(axis=0)], axis=1),
+        target_names=tuple(targets),
+        **st,
+    )
+
+
+def from_frame(
+    frame: Any,
+    target: str | Sequence[str],
+    *,
+    features: Sequence[str] | None = None,
+    standardise: bool | Mapping[str, Any] = True,
+    dtype: Any = np.float32,
+) -> Dataset:
+    """A `Dataset` from the numeric columns of a pandas DataFrame.
+
+    **Arguments:**
+
+    - `frame`: a `pandas.DataFrame` with one row per sample.
+    - `target`: the column to predict, or a list of columns (then `y` has shape
+        `(N, n_targets)`).
+    - `features`: the input columns, in this order; default: every other column.
+    - `standardise`: `True` (default) standardises each feature and target column to mean 0
+        and (population) standard deviation 1, keeping the constants in the data set
+        (`x_mean`, ..., and `Dataset.standardisation`); `False` keeps the raw values; a
+        mapping with `x_mean`, `x_std`, `y_mean`, `y_std` (such as another data set's
+        `standardisation`, e.g. that of the training data) standardises with those.
+    - `dtype`: `float32` (default) or `float64`, of `X` and `y`.
+
+    **Returns:**
+
+    A `Dataset` with `X` of shape `(N, n_features)`, `bounds` the observed range of each
+    (transformed) column.
+
+    **Raises:**
+
+    `ValueError` naming the columns if a target or feature is not in the frame, a column
+    is not numeric, a value is missing or not finite (with the first row), a column to
+    standardise is constant, or the frame has no rows; `TypeError` for arguments of the
+    wrong type.
+    """
+    return _from_frame(frame, target, features, standardise, dtype, "the frame", "row")
+
+
+def from_csv(
+    path: str | os.PathLike,
+    target: str | Sequence[str],
+    *,
+    features: Sequence[str] | None = None,
+    standardise: bool | Mapping[str, Any] = True,
+    dtype: Any = np.float32,
+) -> Dataset:
+    """A `Dataset` from a CSV file with a header row (read with pandas).
+
+    **Arguments:**
+
+    - `path`: the CSV file; its first line names the columns.
+    - `target`, `features`, `standardise`, `dtype`: as in `from_frame`.
+
+    **Returns:**
+
+    A `Dataset` whose `description` names the file.
+
+    **Raises:**
+
+    `FileNotFoundError` if `path` does not exist; `ValueError` naming `path` if it is a
+    folder, empty, not readable as CSV, has a header but no data rows, or fails one of
+    `from_frame`'s checks (missing values are reported by line number in the file).
+    """
+    import pandas as pd
+
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"`path` must be a str or os.PathLike, got {type(path).__name__}.")
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"`path` {path!r} is a folder, not a CSV file.")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"`path` {path!r} does not exist.")
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path!r} is empty (no header row, no data).") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise ValueError(f"Cannot read {path!r} as CSV: {str(e).splitlines()[0]}") from None
+    return _from_frame(frame, target, features, standardise, dtype, repr(path), "line")

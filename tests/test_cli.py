@@ -13,6 +13,12 @@ import jacsens
 from jacsens import cli
 
 
+def _r2_of(model, X, y) -> float:
+    pred = np.asarray(jax.vmap(model)(jnp.asarray(X, jnp.float32)), np.float64).reshape(-1)
+    y = np.asarray(y, np.float64)
+    return float(1 - np.sum((y - pred) ** 2) / np.sum((y - y.mean()) ** 2))
+
+
 def _error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
@@ -48,9 +54,23 @@ def test_analyze_default_writes_report(tmp_path, capsys):
     assert ranked == summary["sensitivity"]["ranking_by_mean_abs"]
     table_rows = [ln.split() for ln in stdout.splitlines() if ln[:4].strip().isdigit()]
     assert [r[1] for r in table_rows] == ranked
-    # The saved model reproduces the reported test R² on the same split.
+    # The saved model reproduces the reported R² on the split of --seed 1 (the first of
+    # three keys split from it), recomputed here in float64 from the bundled data.
     model = jacsens.load(out / "model.jsns")
     assert isinstance(model, jacsens.MLP) and model.widths == (32, 32)
+    data = jacsens.datasets.diabetes()
+    k_split = jax.random.split(jax.random.key(1), 3)[0]
+    train, test = jacsens.datasets.train_test_split(data, 0.2, key=k_split)
+    for part, key in ((test, "test_r2"), (train, "train_r2")):
+        assert summary["metrics"][key] == pytest.approx(_r2_of(model, part.X, part.y), rel=1e-6)
+    assert summary["metrics"]["test_r2"] != summary["metrics"]["train_r2"]
+    assert summary["split"] == {
+        "seed": 1,
+        "test_fraction": 0.2,
+        "n_rows": 442,
+        "model_file": "model.jsns",
+    }
+    assert summary["data"]["standardisation"] == data.standardisation
 
 
 @pytest.fixture
@@ -140,14 +160,56 @@ def test_check_exits_1_on_disagreement(monkeypatch, capsys):
     assert "FAILED" in capsys.readouterr().out
 
 
-def test_bench_is_wired_to_run_bench(monkeypatch):
-    from jacsens import _bench
+def test_bench_times_the_modes_and_writes_json(tmp_path, monkeypatch, capsys):
+    from jacsens import _timing
+
+    monkeypatch.setattr(_timing, "_nets", lambda quick: [("tiny", 6, (8,), 3, 4)])
+    out = tmp_path / "sub" / "b.json"
+    assert cli.main(["bench", "--quick", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "6-8-3" in text and "plain_rev" in text and f"results written to {out}" in text
+    results = json.loads(out.read_text())
+    (case,) = results["cases"]
+    assert case["net"] == "6-8-3" and case["batch"] == 4 and case["errors"] == {}
+    assert set(case["median_s"]) == {"rev", "fwd", "chain", "auto", "plain_rev", "plain_fwd"}
+    assert all(0 < t < 1 for t in case["median_s"].values())
+    assert case["fastest"] in ("rev", "fwd", "chain") and case["auto_choice"] in (
+        "rev",
+        "fwd",
+        "chain",
+    )
+    assert results["meta"]["backend"] == jax.default_backend() and results["meta"]["quick"] is True
+    assert cli.main(["bench", "--quick", "--out", str(tmp_path)]) == 2
+    assert "is a folder" in _error_line(capsys)
+
+
+def test_time_interleaved_measures_and_records_failures():
+    import time
+
+    from jacsens import _timing
+
+    def sleepy():
+        time.sleep(0.02)
+        return jnp.zeros(())
+
+    def boom():
+        raise RuntimeError("simulated")
 
     calls = []
-    monkeypatch.setattr(_bench, "run_bench", lambda **kw: calls.append(kw) or {})
-    assert cli.main(["bench", "--quick", "--out", "b.json"]) == 0
-    assert cli.main(["bench"]) == 0
-    assert calls == [{"quick": True, "out": "b.json"}, {"quick": False, "out": None}]
+
+    def counted():
+        calls.append(1)
+        return jnp.zeros(())
+
+    res = _timing.time_interleaved(
+        {"sleepy": sleepy, "boom": boom, "counted": counted}, repeats=3, min_sample_s=0.0
+    )
+    assert res["boom"] == "RuntimeError: simulated"
+    assert len(res["sleepy"]) == 3 and all(0.02 <= t < 0.2 for t in res["sleepy"])
+    assert len(res["counted"]) == 3 and len(calls) == 2 + 3  # compile, probe, one per round
+    with pytest.raises(ValueError, match="repeats"):
+        _timing.time_interleaved({}, repeats=0)
+    assert _timing.format_seconds(0.0015) == "1.5 ms" and _timing.format_seconds(None) == "-"
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, linear_csv, capsys):
@@ -160,10 +222,25 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, linear_csv, capsys):
     jacsens.save(wide, jacsens.MLP(7, (), "scalar", key=jax.random.key(0)))
     multi = tmp_path / "multi.jsns"
     jacsens.save(multi, jacsens.MLP(3, (), 2, key=jax.random.key(0)))
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("a,b,y\n")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    const = tmp_path / "const.csv"
+    const.write_text("a,b,y\n" + "".join(f"{i},1,{i * i}\n" for i in range(10)))
     cases = [
         (["analyze", "--data", str(tmp_path / "missing.csv"), "--target", "y"], "does not exist"),
         (["analyze", "--data", str(text), "--target", "y"], "not numeric"),
-        (["analyze", "--data", str(data), "--target", "nope"], "target column 'nope'"),
+        (["analyze", "--data", str(data), "--target", "nope"], "`target` column(s) ['nope']"),
+        (["analyze", "--data", str(tmp_path), "--target", "y"], "is a folder; give a CSV"),
+        (["analyze", "--data", str(header_only), "--target", "y"], "header but no data rows"),
+        (["analyze", "--data", str(empty), "--target", "y"], "is empty"),
+        (["analyze", "--data", str(const), "--target", "y"], "constant column(s) ['b']"),
+        (["analyze", "--data", str(const), "--target", "y"], "pass --raw"),
+        (["fit", "--data", str(data), "--target", "y", "--out", str(data)], "not a folder"),
+        (["analyze", "--out", str(tmp_path / "no" / "such")], "does not exist"),
+        (["analyze", "--model", str(tmp_path)], "is a folder; give a model file"),
+        (["bench", "--out", str(tmp_path)], "--out"),
         (["analyze", "--data", str(data)], "--target"),
         (["analyze", "--target", "y"], "--data"),
         (["analyze", "--model", str(notes)], "not a jacsens model file"),
@@ -178,12 +255,13 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, linear_csv, capsys):
         (["nonsense"], "invalid choice"),
     ]
     for argv, match in cases:
-        assert (
-            cli.main([*argv, "--out", str(tmp_path / "o")] if argv[0] == "analyze" else argv) == 2
-        )
+        if argv[0] == "analyze" and "--out" not in argv:
+            argv = [*argv, "--out", str(tmp_path / "o")]
+        assert cli.main(argv) == 2
         line = _error_line(capsys)
         assert match in line, (argv, line)
-    assert not (tmp_path / "o" / "summary.json").exists()
+        assert "is has" not in line
+    assert not (tmp_path / "o").exists()  # no empty report folder left behind
 
 
 def test_subprocess_smoke(tmp_path):
@@ -275,6 +353,23 @@ def test_analyze_saved_model_reuses_its_split_and_standardisation(linear_csv, tm
     assert s2["metrics"]["r2_all_rows"] == pytest.approx(r2, rel=1e-5)
 
 
+@pytest.mark.parametrize("n_rows", [1, 5, 6])
+def test_too_few_rows_is_one_consistent_error(tmp_path, capsys, n_rows):
+    """1, 5 and 6 rows fail for the same reason, with the same count of rows needed (8 at
+    --test-fraction 0.2: 7 rows round to 1 test row, 8 to 2)."""
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(rng.normal(size=(n_rows, 3)), columns=["a", "b", "y"])
+    path = tmp_path / "tiny.csv"
+    frame.to_csv(path, index=False)
+    for cmd in ("fit", "analyze"):
+        argv = [cmd, "--data", str(path), "--target", "y", "--epochs", "1"]
+        assert cli.main([*argv, "--out", str(tmp_path / cmd)]) == 2
+        line = _error_line(capsys)
+        assert f"has {n_rows} data row(s)" in line
+        assert "at least 2 test rows" in line and "at least 8 rows at this --test-fraction" in line
+        assert not (tmp_path / cmd).exists()
+
+
 def test_fewer_than_two_test_rows_is_an_error(tmp_path, capsys):
     rng = np.random.default_rng(1)
     frame = pd.DataFrame(rng.normal(size=(6, 3)), columns=["a", "b", "y"])
@@ -284,7 +379,50 @@ def test_fewer_than_two_test_rows_is_an_error(tmp_path, capsys):
         argv = [cmd, "--data", str(path), "--target", "y", "--epochs", "1"]
         assert cli.main([*argv, "--out", str(tmp_path / cmd)]) == 2  # 0.2 * 6 -> 1 test row
         line = _error_line(capsys)
-        assert "leaves 1 test row; at least 2 are needed for a test R²" in line
+        assert "leaves 1 test row(s) and 5 training row(s)" in line
         assert cli.main([*argv, "--test-fraction", "0.34", "--out", str(tmp_path / cmd)]) == 0
         summary = json.loads((tmp_path / cmd / "summary.json").read_text())
         assert summary["training"]["n_test"] == 2 and np.isfinite(summary["metrics"]["test_r2"])
+
+
+def test_report_is_replaced_as_a_whole(linear_csv, tmp_path, monkeypatch, capsys):
+    data, model_path, _ = linear_csv
+    out = tmp_path / "rep"
+    argv = ["analyze", "--data", str(data), "--target", "y", "--hidden", "3", "--epochs", "2"]
+    assert cli.main([*argv, "--out", str(out), "--quiet"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["model.jsns", "sensitivity.csv", "sensitivity.png", "summary.json"]
+
+    # A failure while the new report is written (after some of its files are on disk)
+    # leaves the old report as it was, and no temporary folder.
+    import jacsens as js
+
+    def failing_save(path, model):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(js, "save", failing_save)
+    assert cli.main([*argv, "--seed", "5", "--out", str(out), "--quiet"]) == 2
+    assert "disk full" in _error_line(capsys)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(os.listdir(tmp_path)) == sorted(["data.csv", "linear.jsns", "rep"])
+    # ... and into a new folder: nothing at all is left.
+    assert cli.main([*argv, "--out", str(tmp_path / "new"), "--quiet"]) == 2
+    capsys.readouterr()
+    assert not (tmp_path / "new").exists()
+    monkeypatch.undo()
+
+    # A successful run replaces every file (a report from a loaded model has no model file).
+    assert cli.main([*argv[:5], "--model", str(model_path), "--raw", "--out", str(out)]) == 0
+    assert sorted(os.listdir(out)) == ["sensitivity.csv", "sensitivity.png", "summary.json"]
+    capsys.readouterr()
+
+    # A folder with other files is not replaced; --model inside --out is refused.
+    (out / "notes.txt").write_text("mine")
+    assert cli.main([*argv, "--out", str(out)]) == 2
+    assert "holds files jacsens did not write" in _error_line(capsys)
+    fitted = tmp_path / "fitted"
+    assert cli.main(["fit", *argv[1:], "--out", str(fitted), "--quiet"]) == 0
+    inside = ["analyze", *argv[1:5], "--model", str(fitted / "model.jsns"), "--out", str(fitted)]
+    assert cli.main(inside) == 2
+    assert "inside --out" in _error_line(capsys)
+    assert (fitted / "model.jsns").exists()

@@ -4,6 +4,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
 from jacsens import datasets
@@ -108,7 +109,7 @@ def test_train_test_split_arrays(getkey):
         (((np.zeros((5, 2)), np.zeros(4)),), ValueError, "same number of rows"),
         ((np.zeros((5, 2)),), TypeError, "data"),
         (((np.zeros((5, 2)),), 1.5), ValueError, "test_fraction"),
-        (((np.zeros((2, 2)),), 0.1), ValueError, "empty"),
+        (((np.zeros((2, 2)),), 0.1), ValueError, "2 train and 0 test rows"),
     ],
 )
 def test_train_test_split_errors(getkey, args, exc, match):
@@ -143,3 +144,132 @@ def test_missing_sklearn_names_the_extra(monkeypatch):
 def test_friedman1_refuses_bad_noise(noise):
     with pytest.raises(ValueError, match="`noise`"):
         datasets.friedman1(10, jax.random.key(0), noise=noise)
+
+
+@pytest.fixture
+def table(tmp_path):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        rng.normal(size=(30, 4)) * [1.0, 10.0, 0.1, 3.0] + [0, 5, -2, 1],
+        columns=["a", "b", "c", "y"],
+    )
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    return frame, path
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_from_csv_standardises_against_float64_reference(table, dtype):
+    frame, path = table
+    data = datasets.from_csv(path, "y", dtype=dtype)
+    raw = pd.read_csv(path).to_numpy(np.float64)
+    mean, std = raw.mean(axis=0), raw.std(axis=0)  # population std, as documented
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-13)
+    assert data.X.dtype == dtype and data.y.dtype == dtype
+    np.testing.assert_allclose(data.X, (raw[:, :3] - mean[:3]) / std[:3], **tol)
+    np.testing.assert_allclose(data.y, (raw[:, 3] - mean[3]) / std[3], **tol)
+    np.testing.assert_allclose(data.x_mean, mean[:3], rtol=1e-14)
+    assert data.y_std == pytest.approx(std[3], rel=1e-14)
+    np.testing.assert_allclose(data.unstandardise_X(data.X), raw[:, :3], **tol)
+    assert data.feature_names == ("a", "b", "c") and data.target_names == ("y",)
+    assert str(path) in data.description
+    # the same constants applied to other rows (e.g. test data standardised like train data)
+    part = datasets.from_frame(frame.iloc[:5], "y", standardise=data.standardisation, dtype=dtype)
+    np.testing.assert_allclose(part.X, data.X[:5], **tol)
+    raw_data = datasets.from_frame(frame, "y", standardise=False, dtype=np.float64)
+    np.testing.assert_array_equal(raw_data.X, raw[:, :3])
+    assert raw_data.standardisation is None
+
+
+def test_from_frame_features_and_several_targets(table):
+    frame, _ = table
+    data = datasets.from_frame(frame, ["c", "y"], features=["b", "a"], standardise=False)
+    assert data.feature_names == ("b", "a") and data.target_names == ("c", "y")
+    np.testing.assert_array_equal(data.X, frame[["b", "a"]].to_numpy(np.float32))
+    np.testing.assert_array_equal(data.y, frame[["c", "y"]].to_numpy(np.float32))
+    assert list(data.to_frame().columns) == ["b", "a", "c", "y"]
+    std = datasets.from_frame(frame, ["c", "y"])
+    np.testing.assert_allclose(std.y.std(axis=0), [1.0, 1.0], rtol=1e-5)
+    assert np.shape(std.y_mean) == (2,)
+
+
+@pytest.mark.parametrize(
+    "make, exc, match",
+    [
+        (lambda f: datasets.from_frame(f, "nope"), ValueError, r"`target` column\(s\) \['nope'\]"),
+        (lambda f: datasets.from_frame(f, 3), TypeError, "`target`"),
+        (lambda f: datasets.from_frame(f, "y", features=["a", "zz"]), ValueError, "`features`"),
+        (lambda f: datasets.from_frame(f, "y", features=["a", "y"]), ValueError, "also `target`"),
+        (lambda f: datasets.from_frame(f[["y"]], "y"), ValueError, "no feature columns"),
+        (lambda f: datasets.from_frame(f.iloc[:0], "y"), ValueError, "no data rows"),
+        (lambda f: datasets.from_frame(f.assign(a="x"), "y"), ValueError, r"\['a'\].*not numeric"),
+        (lambda f: datasets.from_frame(f.assign(b=1.0), "y"), ValueError, r"constant.*\['b'\]"),
+        (lambda f: datasets.from_frame(f.values, "y"), TypeError, "`frame`"),
+        (lambda f: datasets.from_frame(f, "y", dtype=np.int32), TypeError, "`dtype`"),
+        (
+            lambda f: datasets.from_frame(f, "y", standardise={"x_mean": 0}),
+            TypeError,
+            "standardise",
+        ),
+    ],
+)
+def test_from_frame_errors(table, make, exc, match):
+    with pytest.raises(exc, match=match):
+        make(table[0])
+
+
+def test_from_frame_missing_values_name_the_row(table, tmp_path):
+    frame, _ = table
+    bad = frame.copy()
+    bad.loc[7, "c"] = np.nan
+    bad.loc[9, "a"] = np.inf
+    with pytest.raises(ValueError, match=r"2 row\(s\).*first: row 7, column 'c'"):
+        datasets.from_frame(bad, "y")
+    path = tmp_path / "bad.csv"
+    bad.to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"bad\.csv.*first: line 9, column 'c'"):
+        datasets.from_csv(path, "y")  # line 1 is the header
+
+
+def test_from_csv_file_errors(tmp_path):
+    (tmp_path / "header.csv").write_text("a,b,y\n")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ValueError, match=r"header\.csv' has a header but no data rows"):
+        datasets.from_csv(tmp_path / "header.csv", "y")
+    with pytest.raises(ValueError, match=r"empty\.csv' is empty"):
+        datasets.from_csv(tmp_path / "empty.csv", "y")
+    with pytest.raises(ValueError, match="`path`.*is a folder"):
+        datasets.from_csv(tmp_path, "y")
+    with pytest.raises(FileNotFoundError, match="absent"):
+        datasets.from_csv(tmp_path / "absent.csv", "y")
+    with pytest.raises(TypeError, match="`path`"):
+        datasets.from_csv(3, "y")
+
+
+@pytest.mark.parametrize("key", [0, np.int64(3), np.zeros(3, np.uint32), jnp.zeros(2, jnp.float32)])
+def test_integer_and_malformed_keys_are_type_errors(key):
+    with pytest.raises(TypeError, match="`key` must be one jax.random key"):
+        datasets.friedman1(10, key)
+    with pytest.raises(TypeError, match="`key` must be one jax.random key"):
+        datasets.train_test_split((np.zeros((5, 2)),), key=key)
+
+
+def test_legacy_uint32_keys_are_accepted():
+    new = datasets.friedman1(5, jax.random.key(0))
+    old = datasets.friedman1(5, jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(new.X, old.X)
+
+
+def test_train_test_split_tables_and_lists(getkey, table):
+    frame, _ = table
+    with pytest.raises(TypeError, match=r"`data` must be.*got DataFrame.*\(frame,\)"):
+        datasets.train_test_split(frame, key=getkey())
+    with pytest.raises(TypeError, match=r"`data\[1\]` must be an array.*got list"):
+        datasets.train_test_split((np.zeros(3), [1, 2, 3]), key=getkey())
+    key = getkey()
+    (f_tr, y_tr), (f_te, y_te) = datasets.train_test_split((frame, frame["y"]), 0.2, key=key)
+    (a_tr,), (a_te,) = datasets.train_test_split((frame.to_numpy(),), 0.2, key=key)
+    # pandas objects are split by position, like arrays
+    np.testing.assert_array_equal(f_tr.to_numpy(), a_tr)
+    np.testing.assert_array_equal(y_te.to_numpy(), a_te[:, 3])
+    assert datasets.split_sizes(30, 0.2) == (24, 6) and len(f_te) == 6

@@ -1,5 +1,11 @@
+import dataclasses
+import hashlib
 import json
+import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -8,7 +14,7 @@ import numpy as np
 import pytest
 
 import jacsens
-from jacsens import _io
+from jacsens import _atomic, _io
 
 
 def _leaves(model):
@@ -73,22 +79,30 @@ def saved(tmp_path, getkey):
     return path
 
 
-def _rewrite_header(path, change):
-    data = path.read_bytes()
-    end = data.index(b"\n", len(_io.MAGIC))
-    header = json.loads(data[len(_io.MAGIC) : end])
+def _split_file(data):
+    """(checksum line, header dict, payload) of a saved model file."""
+    start = len(_io.MAGIC)
+    line_end = data.index(b"\n", start) + 1
+    header_end = data.index(b"\n", line_end)
+    return data[start:line_end], json.loads(data[line_end:header_end]), data[header_end + 1 :]
+
+
+def _rewrite_header(path, change, *, rechecksum=False):
+    """Edit the header; with `rechecksum`, also forge a matching checksum (a crafted file)."""
+    checksum, header, payload = _split_file(path.read_bytes())
     change(header)
-    path.write_bytes(_io.MAGIC + json.dumps(header).encode() + data[end:])
+    body = json.dumps(header).encode() + b"\n" + payload
+    if rechecksum:
+        checksum = b"sha256 " + hashlib.sha256(body).hexdigest().encode() + b"\n"
+    path.write_bytes(_io.MAGIC + checksum + body)
 
 
 def test_refuses_truncated(saved):
     data = saved.read_bytes()
-    saved.write_bytes(data[:-10])
-    with pytest.raises(ValueError, match=r"m\.jsns.*truncated"):
-        jacsens.load(saved)
-    saved.write_bytes(data[: len(_io.MAGIC) + 20])
-    with pytest.raises(ValueError, match=r"m\.jsns.*truncated"):
-        jacsens.load(saved)
+    for cut in (10, len(data) // 2, len(data) - len(_io.MAGIC) - 20):
+        saved.write_bytes(data[:-cut])
+        with pytest.raises(ValueError, match=r"m\.jsns.*(truncated|checksum)"):
+            jacsens.load(saved)
 
 
 def test_refuses_wrong_magic(saved, tmp_path):
@@ -99,41 +113,227 @@ def test_refuses_wrong_magic(saved, tmp_path):
     other.write_text("hello\n")
     with pytest.raises(ValueError, match="not a jacsens model file"):
         jacsens.load(other)
+    with pytest.raises(ValueError, match="is a folder"):
+        jacsens.load(tmp_path)
 
 
-def test_refuses_corrupt_payload_and_header(saved):
-    data = bytearray(saved.read_bytes())
+def test_checksum_covers_the_header(saved):
+    """Editing the activation (which would load a different model) or removing the checksum
+    is refused; so is a damaged parameter byte."""
+    original = saved.read_bytes()
+    _rewrite_header(saved, lambda h: h["hyperparameters"].update(activation="relu"))
+    with pytest.raises(ValueError, match=r"m\.jsns.*checksum does not match"):
+        jacsens.load(saved)
+    checksum, _, _ = _split_file(original)
+    saved.write_bytes(original.replace(checksum, b"", 1))
+    with pytest.raises(ValueError, match=r"m\.jsns.*checksum line is missing or damaged"):
+        jacsens.load(saved)
+    data = bytearray(original)
     data[-3] ^= 0xFF
     saved.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="checksum"):
+    with pytest.raises(ValueError, match="checksum does not match"):
         jacsens.load(saved)
-    saved.write_bytes(_io.MAGIC + b"{not json\n" + b"rest")
-    with pytest.raises(ValueError, match="corrupt header"):
+
+
+def _load_outcome(path, reference, x):
+    """'same' if `path` loads to a model with reference's outputs, else the error raised."""
+    try:
+        model = jacsens.load(path)
+    except ValueError as e:
+        assert str(path) in str(e), e
+        return "ValueError"
+    assert _same_outputs(model, reference, x), "a damaged file loaded as a different model"
+    return "same"
+
+
+def test_every_header_byte_flipped_is_a_value_error(saved, getkey):
+    reference = jacsens.load(saved)
+    x = jax.random.normal(getkey(), (3, 4), jnp.float32)
+    data = saved.read_bytes()
+    checksum, header, _ = _split_file(data)
+    header_end = (
+        len(_io.MAGIC) + len(checksum) + data[len(_io.MAGIC) + len(checksum) :].index(b"\n")
+    )
+    outcomes = set()
+    for i in range(header_end + 1):  # magic, checksum line and header, newline included
+        damaged = bytearray(data)
+        damaged[i] ^= 0xFF
+        saved.write_bytes(bytes(damaged))
+        outcomes.add(_load_outcome(saved, reference, x))
+    assert outcomes == {"ValueError"}
+    assert header_end > 200
+
+
+def test_random_bit_flips_anywhere_are_value_errors(saved, getkey):
+    reference = jacsens.load(saved)
+    x = jax.random.normal(getkey(), (3, 4), jnp.float32)
+    data = saved.read_bytes()
+    rng = np.random.default_rng(0)
+    positions = rng.choice(len(data), size=min(300, len(data)), replace=False)
+    counts = {"ValueError": 0, "same": 0}
+    for pos in positions:
+        damaged = bytearray(data)
+        damaged[pos] ^= 1 << int(rng.integers(8))
+        saved.write_bytes(bytes(damaged))
+        counts[_load_outcome(saved, reference, x)] += 1
+    assert counts == {"ValueError": len(positions), "same": 0}
+    assert len(positions) >= 200
+
+
+def test_old_format_is_refused_with_advice(saved):
+    _, header, payload = _split_file(saved.read_bytes())
+    header.update(format_version=1, payload_sha256=hashlib.sha256(payload).hexdigest())
+    saved.write_bytes(_io.MAGIC + json.dumps(header).encode() + b"\n" + payload)
+    with pytest.raises(ValueError, match=r"m\.jsns.*version 1.*save it again"):
         jacsens.load(saved)
 
 
 def test_refuses_unknown_format_version(saved):
-    _rewrite_header(saved, lambda h: h.update(format_version=99))
+    _rewrite_header(saved, lambda h: h.update(format_version=99), rechecksum=True)
     with pytest.raises(ValueError, match="format version 99"):
         jacsens.load(saved)
 
 
-def test_refuses_mismatched_leaf_shapes(saved):
-    _rewrite_header(saved, lambda h: h["hyperparameters"].update(widths=[5]))
-    with pytest.raises(ValueError, match=r"m\.jsns.*do not match"):
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda h: h["hyperparameters"].update(widths=[5]), "do not match"),
+        (lambda h: h["hyperparameters"].update(widths=[3], dtype="float16"), "do not match"),
+        (lambda h: h["hyperparameters"].update(activation="nope"), "invalid constructor"),
+        (lambda h: h["hyperparameters"].pop("use_bias"), "invalid constructor"),
+        (lambda h: h["hyperparameters"].update(widths=[10**6, 10**6]), "do not match"),
+        (lambda h: h.update({"class": "os.system"}), "unknown class"),
+        (lambda h: h.pop("leaves"), "field 'leaves'"),
+        (lambda h: h.update(leaves=[{"dtype": "float32"}] * 4), "leaf 0"),
+        (lambda h: h["leaves"][1].update(shape=[-3]), "leaf 1"),
+        (lambda h: h["leaves"][2].update(dtype="nonsense"), "leaf 2"),
+        (lambda h: h.update(payload_bytes="many"), "payload_bytes"),
+        (lambda h: h.update(payload_bytes=h["payload_bytes"] - 1), "has trailing data"),
+        (lambda h: h.update(payload_bytes=h["payload_bytes"] + 1), "is truncated"),
+        (lambda h: h.update(hyperparameters=[]), "hyperparameters"),
+        (lambda h: h.clear(), "format version None"),
+    ],
+)
+def test_crafted_headers_are_value_errors(saved, change, match):
+    """Files with a valid checksum but a wrong header (written by hand, not by `save`)."""
+    _rewrite_header(saved, change, rechecksum=True)
+    with pytest.raises(ValueError, match=match) as info:
         jacsens.load(saved)
-    _rewrite_header(saved, lambda h: h["hyperparameters"].update(widths=[3], dtype="float16"))
-    with pytest.raises(ValueError, match="do not match"):
-        jacsens.load(saved)
+    assert "m.jsns" in str(info.value) and "is has" not in str(info.value)
 
 
-def test_refuses_bad_hyperparameters_and_class(saved):
-    _rewrite_header(saved, lambda h: h["hyperparameters"].update(activation="nope"))
-    with pytest.raises(ValueError, match="invalid constructor arguments"):
-        jacsens.load(saved)
-    _rewrite_header(saved, lambda h: h.update({"class": "os.system"}))
-    with pytest.raises(ValueError, match="unknown class"):
-        jacsens.load(saved)
+def test_save_into_a_missing_folder_or_onto_a_folder(tmp_path, getkey):
+    model = jacsens.MLP(2, (), 2, key=getkey())
+    target = tmp_path / "absent" / "m.jsns"
+    with pytest.raises(ValueError, match=r"absent.*does not exist"):
+        jacsens.save(target, model)
+    with pytest.raises(ValueError, match="is a folder"):
+        jacsens.save(tmp_path, model)
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_removes_temporaries_of_killed_saves(tmp_path, getkey):
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead = int(done.stdout)  # a process that has exited
+    stale = tmp_path / f".m.jsns.{dead}.0a1b2c3d.tmp"
+    stale.write_bytes(b"\0" * 1000)
+    live = tmp_path / f".m.jsns.{os.getpid()}.deadbeef.tmp"  # a save still running here
+    live.write_bytes(b"")
+    other = tmp_path / f".other.jsns.{dead}.0a1b2c3d.tmp"  # another file's: not ours
+    other.write_bytes(b"")
+    jacsens.save(tmp_path / "m.jsns", jacsens.MLP(2, (), 2, key=getkey()))
+    assert sorted(os.listdir(tmp_path)) == sorted(["m.jsns", live.name, other.name])
+
+
+def test_atomic_folder_swaps_whole_folders(tmp_path):
+    out = tmp_path / "rep"
+    with _atomic.atomic_folder(out) as tmp:
+        (Path(tmp) / "a.txt").write_text("one")
+    assert os.listdir(out) == ["a.txt"]
+    with pytest.raises(RuntimeError, match="boom"), _atomic.atomic_folder(out) as tmp:
+        (Path(tmp) / "b.txt").write_text("two")
+        raise RuntimeError("boom")
+    assert os.listdir(out) == ["a.txt"] and os.listdir(tmp_path) == ["rep"]
+    with _atomic.atomic_folder(out) as tmp:
+        (Path(tmp) / "b.txt").write_text("two")
+    assert os.listdir(out) == ["b.txt"] and os.listdir(tmp_path) == ["rep"]
+    with pytest.raises(ValueError, match="Refusing to replace"):
+        with _atomic.atomic_folder(out, replace=lambda p: False):
+            pass
+    with pytest.raises(RuntimeError), _atomic.atomic_folder(tmp_path / "new"):
+        raise RuntimeError
+    assert os.listdir(tmp_path) == ["rep"]  # no empty folder left behind
+    with (
+        pytest.raises(ValueError, match="does not exist"),
+        _atomic.atomic_folder(tmp_path / "x" / "y"),
+    ):
+        pass
+
+
+def test_json_helper_is_strict():
+    @dataclasses.dataclass
+    class Point:
+        x: float
+        y: tuple
+
+    obj = {1: Point(float("nan"), (np.float32(1.5), np.arange(2))), "inf": -math.inf}
+    assert _atomic.to_json_compatible(obj) == {"1": {"x": None, "y": [1.5, [0, 1]]}, "inf": None}
+
+
+def _record(**change):
+    base = dict(
+        source="/data/a.csv",
+        features=("a", "b"),
+        target="y",
+        n_rows=50,
+        standardisation={"x_mean": [1.0, 2.0], "x_std": [0.5, 3.0], "y_mean": -1.0, "y_std": 2.0},
+        model={"class": "jacsens.MLP", "in_size": 2, "widths": [4]},
+        split=_io.Split(seed=3, test_fraction=0.3, n_rows=50, model_file="model.jsns"),
+        training={"fitted": True, "epochs": 3, "final_train_loss": float("nan")},
+        metrics={"test_r2": 0.75, "train_r2": 0.8},
+    )
+    return _io.FitRecord(**{**base, **change})
+
+
+def test_fit_record_json_round_trip(tmp_path):
+    for record in (_record(), _record(standardisation=None, split=None)):
+        text = json.dumps(record.to_json(), allow_nan=False)
+        again = _io.FitRecord.from_json(json.loads(text))
+        # NaN is stored as null, the rest exactly
+        assert again == dataclasses.replace(
+            record, training={**record.training, "final_train_loss": None}
+        )
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps({**_record().to_json(), "timings": {}}))
+    assert _io.FitRecord.read(path).split.seed == 3
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda j: j.pop("data"), "`data` is missing"),
+        (lambda j: j["data"].update(features="ab"), "`data.features`"),
+        (lambda j: j["data"].update(n_rows=True), "`data.n_rows`"),
+        (lambda j: j["split"].pop("seed"), "`split.seed` is missing"),
+        (lambda j: j["data"]["standardisation"].update(x_std=[1.0]), "x_std"),
+        (lambda j: j["data"]["standardisation"].update(y_std=0.0), "positive"),
+        (lambda j: j.update(metrics=None), "`metrics`"),
+    ],
+)
+def test_fit_record_refuses_malformed_json(tmp_path, change, match):
+    obj = _record().to_json()
+    change(obj)
+    with pytest.raises(ValueError, match=match):
+        _io.FitRecord.from_json(obj)
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(obj))
+    with pytest.raises(ValueError, match="summary.json"):
+        _io.FitRecord.read(path)
 
 
 def test_failed_save_leaves_existing_file_intact(tmp_path, getkey, monkeypatch):
