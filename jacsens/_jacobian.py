@@ -166,8 +166,19 @@ def explain(
     )
     if plan.chain is not None:
         _explain_chain(read_chain(model), cost, buf)
+    elif plan.program is not None:
+        print(
+            "∂y/∂x = "
+            + " · ".join(f"J{k}" for k in range(len(plan.program.segments), 0, -1))
+            + "  (the Jacobians of the segments of the program)",
+            file=buf,
+        )
+        print("", file=buf)
+        print(plan.program.describe(), file=buf)
+        print("", file=buf)
+        print(f"Cheapest bracketing of the segments: {cost.order}", file=buf)
     else:
-        print(f"No layer chain ({plan.chain_error})", file=buf)
+        print(f"No layer chain ({plan.chain_error}); no program ({plan.program_error})", file=buf)
     print(f"Cost model at batch size {cost.batch_size}:", file=buf)
     print("  " + str(cost).replace("\n", "\n  "), file=buf)
     text = buf.getvalue()

@@ -1,7 +1,8 @@
 """Jacobian modes: strategy objects, each owning how it computes and what it costs.
 
 A mode is an `eqx.Module` (as lineax's solvers are): `Rev()`, `Fwd()`, `Chain()`,
-`Backprop()`, and `Auto()`, which selects one of the others for a plan by the cost model.
+`Backprop()`, `Segments()`, and `Auto()`, which selects one of the others for a plan by
+the cost model.
 Users may pass a mode object or its name (`mode="rev"`); `MODES` is the one list of them.
 """
 
@@ -19,6 +20,8 @@ from ._cost import MARGIN, DeviceModel, chain_estimates
 from ._kernel import jacobian_recursion
 from ._order import chain_product, optimal_order
 from ._program._chain import ChainError, chain_forward, read_chain
+from ._program._segments import Materialise, plan_bracketing, program_costs, segments_jacobian
+from ._program._trace import model_leaves
 
 if TYPE_CHECKING:
     from ._plan import Plan
@@ -60,6 +63,14 @@ def _chain_estimate(plan: Plan, name: str, batch_size, itemsize, device) -> Esti
     return chain_estimates(plan.chain.dims, plan.chain.flags, batch_size, itemsize, device)[name]
 
 
+def _sweep_estimate(plan: Plan, name: str, batch_size, itemsize, device) -> Estimate | None:
+    """rev/fwd: from the layer chain where there is one, else from the traced program."""
+    est = _chain_estimate(plan, name, batch_size, itemsize, device)
+    if est is None and plan.program is not None:
+        est = program_costs(plan.program, batch_size, itemsize, device)[name]
+    return est
+
+
 def _reshape(plan: Plan, J: Array, B: int) -> Array:
     return J.reshape(B, *plan.out_shape, *plan.in_shape)
 
@@ -74,20 +85,20 @@ class Rev(AbstractJacobianMode):
         return jax.vmap(jax.jacrev(model))(X)
 
     def estimate(self, plan, batch_size, itemsize, device):
-        return _chain_estimate(plan, "rev", batch_size, itemsize, device)
+        return _sweep_estimate(plan, "rev", batch_size, itemsize, device)
 
 
 class Fwd(AbstractJacobianMode):
     """Forward mode: `vmap(jacfwd(model))`, one forward pass per input element."""
 
     name: ClassVar[str] = "fwd"
-    auto_rank: ClassVar[int | None] = 2
+    auto_rank: ClassVar[int | None] = 3
 
     def jacobian(self, plan, model, X):
         return jax.vmap(jax.jacfwd(model))(X)
 
     def estimate(self, plan, batch_size, itemsize, device):
-        return _chain_estimate(plan, "fwd", batch_size, itemsize, device)
+        return _sweep_estimate(plan, "fwd", batch_size, itemsize, device)
 
 
 class _NeedsChain(AbstractJacobianMode):
@@ -140,12 +151,46 @@ class Backprop(_NeedsChain):
         return _chain_estimate(plan, "backprop", batch_size, itemsize, device)
 
 
+class Segments(AbstractJacobianMode):
+    """The structured engine for any traceable model: the program (one sample's jaxpr) is
+    cut where the live width is narrow, and the segment Jacobians are obtained and
+    multiplied in the cheapest bracketing, with forward/reverse materialisation and
+    matrix-free pushes and pulls (`jacsens._program`)."""
+
+    name: ClassVar[str] = "segments"
+    auto_rank: ClassVar[int | None] = 2
+
+    def check(self, plan):
+        if plan.program is None:
+            raise ValueError(f"`mode='segments'` needs a traceable `model`: {plan.program_error}")
+
+    def jacobian(self, plan, model, X):
+        itemsize = X.dtype.itemsize
+        bracketing = plan_bracketing(plan.program, max(X.shape[0], 1), itemsize, plan.device)
+        J = segments_jacobian(plan.program, bracketing, model_leaves(model), X)
+        return _reshape(plan, J, X.shape[0])
+
+    def estimate(self, plan, batch_size, itemsize, device):
+        if plan.program is None:
+            return None
+        return program_costs(plan.program, batch_size, itemsize, device)["segments"]
+
+
+def _plain_if_whole(plan: Plan, batch_size: int, itemsize: int, device) -> AbstractJacobianMode:
+    """`Segments()`, or plain `Rev()`/`Fwd()` where its bracketing is one sweep over the
+    whole program: the same computation without interpreting the program's equations."""
+    tree = plan_bracketing(plan.program, batch_size, itemsize, device).tree
+    if isinstance(tree, Materialise) and tree.how in ("rev", "fwd"):
+        return MODES[tree.how]()
+    return Segments()
+
+
 # The one list of concrete modes. `auto` tries those with an `auto_rank` in that order and
 # moves to a later one only if it is estimated faster by more than `MARGIN` (10%): where
 # chain's order is the reverse sweep anyway their estimates tie, and measured, jacrev's
 # products are as fast or faster; backprop is a cross-check, never auto's pick.
 MODES: dict[str, type[AbstractJacobianMode]] = {
-    cls.name: cls for cls in (Rev, Fwd, Chain, Backprop)
+    cls.name: cls for cls in (Rev, Fwd, Chain, Backprop, Segments)
 }
 
 
@@ -174,6 +219,8 @@ class Auto(AbstractJacobianMode):
             if best is None or MARGIN * est[2] < best[1]:
                 best = (name, est[2])
         if best is not None:
+            if best[0] == Segments.name:
+                return _plain_if_whole(plan, batch_size, itemsize, device)
             return MODES[best[0]]()
         n_in, n_out = math.prod(plan.in_shape), math.prod(plan.out_shape)
         return Rev() if n_out <= n_in else Fwd()

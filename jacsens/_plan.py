@@ -31,9 +31,11 @@ from jaxtyping import Array
 
 from ._batching import map_chunks
 from ._cost import DeviceModel, JacobianCost, device_model
-from ._modes import MODES, AbstractJacobianMode, Auto, get_mode
+from ._modes import MODES, AbstractJacobianMode, Auto, Segments, get_mode
 from ._order import optimal_order
 from ._program._chain import ChainError, ChainSpec, read_chain, structure_key
+from ._program._segments import plan_bracketing
+from ._program._trace import Program, trace_program
 from ._validate import promote_float
 
 _CACHE_SIZE = 256
@@ -52,6 +54,9 @@ class Plan:
     - `batch_size`: the batch (or chunk) size the mode was chosen for.
     - `chain`: the layer-chain structure, or `None` (then `chain_error` says why).
     - `mode`: the concrete Jacobian mode (never `Auto`).
+    - `program`: the traced program cut into segments (`jacsens._program._trace`), made
+        for `auto` on models without a layer chain and for `mode="segments"`; or `None`
+        (then `program_error` says why, if tracing was tried).
     """
 
     in_shape: tuple[int, ...]
@@ -63,6 +68,12 @@ class Plan:
     chain: ChainSpec | None
     chain_error: str | None
     mode: AbstractJacobianMode
+    program: Program | None = None
+    program_error: str | None = None
+
+    @property
+    def device(self) -> DeviceModel:
+        return device_model()
 
     @property
     def n_in(self) -> int:
@@ -112,6 +123,8 @@ def _cost(plan: Plan, batch: int, device: DeviceModel) -> JacobianCost:
     order = None
     if plan.chain is not None and len(plan.chain.dims) > 1:
         order = optimal_order(plan.chain.dims, plan.chain.flags).describe()
+    elif plan.program is not None:
+        order = plan_bracketing(plan.program, batch, itemsize, device).describe()
     return JacobianCost(batch, flops, nbytes, best, order, seconds, device.name)
 
 
@@ -207,13 +220,23 @@ def _analyse(model, x: jax.ShapeDtypeStruct, mode, argname: str, batch: int) -> 
         )
     in_shape = tuple(x.shape[1:])
     dtype = promote_float(x.dtype, *_param_dtypes(model))
-    try:
-        out = jax.eval_shape(model, jax.ShapeDtypeStruct(in_shape, dtype))
-    except Exception as e:  # the model's own error, re-raised naming the argument
-        raise ValueError(
-            f"`model` cannot be applied to one sample of `{argname}` (shape {in_shape}, "
-            f"from `{argname}` of shape {x.shape}): {type(e).__name__}: {e}"
-        ) from e
+    sample = jax.ShapeDtypeStruct(in_shape, dtype)
+    program, program_error = None, None
+    if isinstance(mode, Segments) or (isinstance(mode, Auto) and chain is None):
+        # One trace gives the program and the output's shape and dtype.
+        try:
+            program = trace_program(model, sample)
+            out = program.out_struct
+        except Exception as e:  # the error of `eval_shape` below is the one reported
+            program_error = f"{type(e).__name__}: {e}"
+    if program is None:
+        try:
+            out = jax.eval_shape(model, sample)
+        except Exception as e:  # the model's own error, re-raised naming the argument
+            raise ValueError(
+                f"`model` cannot be applied to one sample of `{argname}` (shape {in_shape}, "
+                f"from `{argname}` of shape {x.shape}): {type(e).__name__}: {e}"
+            ) from e
     if not isinstance(out, jax.ShapeDtypeStruct):
         raise TypeError(
             f"`model` must return a single array, got {jax.tree_util.tree_structure(out)}."
@@ -231,6 +254,8 @@ def _analyse(model, x: jax.ShapeDtypeStruct, mode, argname: str, batch: int) -> 
         chain=None if chain is None else chain.spec,
         chain_error=chain_error,
         mode=mode,
+        program=program,
+        program_error=program_error,
     )
     if isinstance(mode, Auto):
         itemsize = jnp.dtype(plan.dtype).itemsize

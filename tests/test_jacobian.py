@@ -205,12 +205,14 @@ def _softmax_model(key):
 
 
 CALLABLES = {
-    # (model factory, in_shape, out_shape, mode auto must pick)
-    "sin-sum": (lambda k: lambda x: jnp.sin(x) * x.sum(), (4,), (4,), "rev"),
-    "softmax": (_softmax_model, (6,), (3,), "rev"),
-    "wide": (lambda k: lambda x: jnp.outer(jnp.arange(8.0), jnp.cos(x)), (2,), (8, 2), "fwd"),
-    "matrix-in": (lambda k: lambda x: jnp.tanh(x @ x.T).sum(0), (3, 2), (3,), "rev"),
-    "scan-mlp": (lambda k: eqx.nn.MLP(4, 9, 5, 2, key=k, scan=True), (4,), (9,), "fwd"),
+    # (model factory, in_shape, out_shape, modes auto may pick): one sweep (no cut to
+    # exploit); at these tiny sizes kernel overheads decide between rev and fwd, except
+    # where one side is much narrower
+    "sin-sum": (lambda k: lambda x: jnp.sin(x) * x.sum(), (4,), (4,), ("rev", "fwd")),
+    "softmax": (_softmax_model, (6,), (3,), ("rev", "fwd")),
+    "wide": (lambda k: lambda x: jnp.outer(jnp.arange(8.0), jnp.cos(x)), (2,), (8, 2), ("fwd",)),
+    "matrix-in": (lambda k: lambda x: jnp.tanh(x @ x.T).sum(0), (3, 2), (3,), ("rev", "fwd")),
+    "scan-mlp": (lambda k: eqx.nn.MLP(4, 9, 5, 2, key=k, scan=True), (4,), (9,), ("fwd",)),
 }
 
 
@@ -221,7 +223,7 @@ def test_callables_autodiff_modes(getkey, record_modes, name):
     X = random_inputs(getkey(), 3, in_shape)
     Js = check_all_modes(model, X, modes=("rev", "fwd", "auto"))
     assert Js["rev"].shape == (3, *out_shape, *in_shape)
-    assert record_modes == ["rev", "fwd", expected_auto]
+    assert record_modes[:2] == ["rev", "fwd"] and record_modes[2] in expected_auto
     # no layer chain: chain / backprop / the cost model refuse, naming the model
     for mode in ("chain", "backprop"):
         with pytest.raises(jacsens.ChainError, match="cannot read a layer chain|no readable"):
