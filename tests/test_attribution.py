@@ -189,3 +189,70 @@ def test_target_array_out_of_range_is_never_clamped(net, getkey):
         assert np.all(np.isnan(np.asarray(jax.grad(f)(X[0], t))))
     assert_close(jax.grad(f)(X[0], 2), J[0, 2], 1e-12)
     assert float(f(X[0], 1)) == float(net(X[0])[1])
+
+
+# Closed forms of each rule applied to ∫₀¹ α³ dα = 1/4 with n points (Euler-Maclaurin is
+# exact on a cubic): left Σ k³/n⁴, right Σ (k+1)³/n⁴, midpoint 1/4 - 1/(8n²), trapezoid on
+# n-1 intervals 1/4 + 1/(4(n-1)²), Gauss-Legendre exact from 2 points.
+def _cubic_rule(method: str, n: int) -> float:
+    return {
+        "riemann_left": (n - 1) ** 2 / (4 * n**2),
+        "riemann_right": (n + 1) ** 2 / (4 * n**2),
+        "riemann_middle": 0.25 - 1 / (8 * n**2),
+        "riemann_trapezoid": 0.25 + 1 / (4 * (n - 1) ** 2),
+        "gausslegendre": 0.25,
+    }[method]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("n", [2, 4, 7])
+@pytest.mark.parametrize("method", attr.IG_METHODS)
+def test_ig_each_rule_on_a_quartic_matches_its_closed_form(getkey, method, n, dtype):
+    """On f(x) = Σ c_i x_i⁴ from baseline 0 the path gradient is 4 c_i α³ x_i³, so
+    IG_i = 4 c_i x_i⁴ · Q where Q is the rule's value of ∫ α³: every rule (left, right,
+    midpoint, trapezoid, Gauss) gives its own number, unlike on a linear model."""
+    c = np.array([1.0, -0.5, 2.0])
+
+    def f(x):
+        return jnp.sum(jnp.asarray(c, x.dtype) * x**4)
+
+    X = jax.random.normal(getkey(), (5, 3), dtype)
+    ig, delta = attr.integrated_gradients(f, X, n_steps=n, method=method)
+    assert ig.dtype == dtype and delta.dtype == dtype
+    q = _cubic_rule(method, n)
+    x = np.asarray(X, np.float64)
+    rtol = 1e-12 if dtype == jnp.float64 else 2e-6
+    assert_close(ig, 4 * c * x**4 * q, rtol)
+    # completeness error: Σ IG - f(x) = Σ c x⁴ (4Q - 1), zero only for an exact rule; a
+    # difference of two terms, so its round-off is relative to the terms
+    fx = np.sum(c * x**4, axis=1)
+    expected = fx * (4 * q - 1)
+    assert np.max(np.abs(np.asarray(delta, np.float64) - expected)) <= 10 * rtol * np.max(
+        np.abs(4 * c * x**4)
+    )
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_smoothgrad_draws_independent_noise_for_every_row(getkey, dtype):
+    """Identical rows must get different noise: on f = Σ c x³ the mean of n noisy
+    gradients 3c(x+ε)² has standard error 3|c|√(4x²σ² + 2σ⁴)/√n, which is what the rows
+    spread by. Reusing one noise draw for every row would give identical rows."""
+    c = np.array([1.0, -2.0])
+
+    def f(x):
+        return jnp.sum(jnp.asarray(c, x.dtype) * x**3)
+
+    x0 = np.array([0.5, -1.0])
+    B, n, sigma = 96, 64, 0.4
+    X = jnp.asarray(np.tile(x0, (B, 1)), dtype)
+    sg = np.asarray(attr.smoothgrad(f, X, key=getkey(), n_samples=n, stdev=sigma), np.float64)
+    mean = 3 * c * (x0**2 + sigma**2)
+    se = 3 * np.abs(c) * np.sqrt(4 * x0**2 * sigma**2 + 2 * sigma**4) / np.sqrt(n)
+    spread = sg.std(axis=0, ddof=1)
+    # the spread of B rows estimates se to ~1/√(2(B-1)) = 7%: ±35% is 5 standard errors
+    assert np.all(np.abs(spread / se - 1) < 0.35), (spread, se)
+    assert np.all(np.abs(sg.mean(axis=0) - mean) < 5 * se / np.sqrt(B))
+    # rows are independent: the sample correlation of consecutive rows' errors is ~0
+    err = (sg - mean) / se
+    r = np.mean(err[1:] * err[:-1], axis=0)
+    assert np.all(np.abs(r) < 5 / np.sqrt(B)), r
