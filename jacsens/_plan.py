@@ -128,12 +128,16 @@ def _cost(plan: Plan, batch: int, device: DeviceModel) -> JacobianCost:
     return JacobianCost(batch, flops, nbytes, best, order, seconds, device.name)
 
 
+# Analyses of a model on a sample shape and dtype (batch- and mode-independent), and the
+# plans made from them for a mode and a batch size (a cost-model look-up).
+_analyses: collections.OrderedDict[Hashable, Plan] = collections.OrderedDict()
 _plans: collections.OrderedDict[Hashable, Plan] = collections.OrderedDict()
 analyses = 0  # models analysed (cache misses): read by tests that count analyses
 
 
 def clear_cache() -> None:
-    """Forget every cached plan (benchmarks measure cold starts with it)."""
+    """Forget every cached analysis and plan (benchmarks measure cold starts with it)."""
+    _analyses.clear()
     _plans.clear()
 
 
@@ -175,28 +179,50 @@ def make_plan(
         raise ValueError(f"`{argname}` must have a leading batch axis, got shape {x.shape}.")
     batch = x.shape[0] if chunk_size is None else min(x.shape[0], chunk_size)
     skey = structure_key(model)
-    key = None
-    if skey is not None:
-        key = (
-            skey,
-            x,
-            mode,
-            argname,
-            batch,
-            jax.default_backend(),
-            jax.config.jax_enable_x64,
-            jax.config.jax_numpy_dtype_promotion,
-        )
-        plan = _plans.get(key)
-        if plan is not None:
-            _plans.move_to_end(key)
-            return plan
-    plan = _analyse(model, x, mode, argname, batch)
-    if key is not None:
-        _plans[key] = plan
-        if len(_plans) > _CACHE_SIZE:
-            _plans.popitem(last=False)
+    if skey is None:  # unhashable parts: nothing is cached
+        return _resolve(_analyse(model, x, argname, isinstance(mode, Segments)), mode, batch)
+    akey = (
+        skey,
+        x.shape[1:],
+        x.dtype,
+        jax.default_backend(),
+        jax.config.jax_enable_x64,
+        jax.config.jax_numpy_dtype_promotion,
+    )
+    pkey = (akey, mode, batch)
+    plan = _lookup(_plans, pkey)
+    if plan is not None:
+        return plan
+    base = _lookup(_analyses, akey)
+    if base is None or (isinstance(mode, Segments) and base.program is None):
+        base = _analyse(model, x, argname, isinstance(mode, Segments))
+        _store(_analyses, akey, base)
+    plan = _resolve(base, mode, batch)
+    _store(_plans, pkey, plan)
     return plan
+
+
+def _lookup(cache: collections.OrderedDict, key: Hashable) -> Plan | None:
+    plan = cache.get(key)
+    if plan is not None:
+        cache.move_to_end(key)
+    return plan
+
+
+def _store(cache: collections.OrderedDict, key: Hashable, plan: Plan) -> None:
+    cache[key] = plan
+    if len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+
+
+def _resolve(base: Plan, mode: AbstractJacobianMode, batch: int) -> Plan:
+    """The plan for a mode and a batch size, from the model's analysis."""
+    plan = dataclasses.replace(base, batch_size=batch, mode=mode)
+    if isinstance(mode, Auto):
+        itemsize = jnp.dtype(plan.dtype).itemsize
+        mode = mode.select(plan, max(batch, 1), itemsize, device_model())
+    mode.check(plan)
+    return dataclasses.replace(plan, mode=mode)
 
 
 def _param_dtypes(model: Any) -> list[Any]:
@@ -204,7 +230,10 @@ def _param_dtypes(model: Any) -> list[Any]:
     return [jnp.dtype(a.dtype) for a in leaves]
 
 
-def _analyse(model, x: jax.ShapeDtypeStruct, mode, argname: str, batch: int) -> Plan:
+def _analyse(model, x: jax.ShapeDtypeStruct, argname: str, want_program: bool) -> Plan:
+    """Everything about `model` on samples like `x[0]` that does not depend on the batch
+    size or the mode: shapes, dtypes, the chain view and (for models without a chain, or
+    where asked) the program view. Returned as a plan with `mode=Auto()`."""
     global analyses
     analyses += 1
     chain_error = None
@@ -222,7 +251,7 @@ def _analyse(model, x: jax.ShapeDtypeStruct, mode, argname: str, batch: int) -> 
     dtype = promote_float(x.dtype, *_param_dtypes(model))
     sample = jax.ShapeDtypeStruct(in_shape, dtype)
     program, program_error = None, None
-    if isinstance(mode, Segments) or (isinstance(mode, Auto) and chain is None):
+    if want_program or chain is None:
         # One trace gives the program and the output's shape and dtype.
         try:
             program = trace_program(model, sample)
@@ -244,21 +273,16 @@ def _analyse(model, x: jax.ShapeDtypeStruct, mode, argname: str, batch: int) -> 
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise TypeError(f"`model` must return a floating array, got dtype {out.dtype}.")
     out_dtype = jnp.dtype(out.dtype)
-    plan = Plan(
+    return Plan(
         in_shape=in_shape,
         out_shape=tuple(out.shape),
         in_dtype=jnp.dtype(x.dtype),
         dtype=promote_float(dtype, out_dtype),
         out_dtype=out_dtype,
-        batch_size=batch,
+        batch_size=0,
         chain=None if chain is None else chain.spec,
         chain_error=chain_error,
-        mode=mode,
+        mode=Auto(),
         program=program,
         program_error=program_error,
     )
-    if isinstance(mode, Auto):
-        itemsize = jnp.dtype(plan.dtype).itemsize
-        mode = mode.select(plan, max(batch, 1), itemsize, device_model())
-    mode.check(plan)
-    return dataclasses.replace(plan, mode=mode)

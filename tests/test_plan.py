@@ -1,0 +1,182 @@
+"""The plan (`jacsens._plan`): one model analysis per call signature, the dtype rule, mode
+objects, and the layer chain verified against the model's own forward pass."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import assert_close, init_model, random_inputs, random_mlp
+
+import jacsens
+from jacsens import _plan
+from jacsens._program._chain import chain_forward, read_chain
+
+
+@pytest.fixture
+def fresh_plans():
+    _plan.clear_cache()
+    yield
+    _plan.clear_cache()
+
+
+def _analyses(fn):
+    before = _plan.analyses
+    fn()
+    return _plan.analyses - before
+
+
+def test_one_analysis_per_signature(getkey, fresh_plans):
+    m = random_mlp(getkey(), 52, (20, 10), 1, "tanh")
+    X = random_inputs(getkey(), 16, (52,))
+    assert _analyses(lambda: jacsens.input_jacobian(m, X)) == 1
+    # repeated call, new weights of the same structure, new values of X: no analysis
+    m2 = random_mlp(getkey(), 52, (20, 10), 1, "tanh")
+    assert _analyses(lambda: jacsens.input_jacobian(m, X)) == 0
+    assert _analyses(lambda: jacsens.input_jacobian(m2, X + 1.0)) == 0
+    # a new batch size or mode is only a new cost-model look-up; a new dtype a new analysis
+    assert _analyses(lambda: jacsens.input_jacobian(m, X[:3])) == 0
+    assert _analyses(lambda: jacsens.input_jacobian(m, X, mode="fwd")) == 0
+    assert _analyses(lambda: jacsens.input_jacobian(m, X.astype(jnp.float32))) == 1
+
+
+def test_one_analysis_per_sensitivity_and_none_inside_jit(getkey, fresh_plans):
+    m = random_mlp(getkey(), 5, (7,), 2, "tanh")
+    X = random_inputs(getkey(), 40, (5,))
+    n = _analyses(lambda: jacsens.sensitivity(m, X, chunk_size=16, progress=False))
+    assert n == 1
+    assert _analyses(lambda: jacsens.sensitivity(m, X, chunk_size=16, progress=False)) == 0
+
+    @jax.jit
+    def f(X):
+        return jacsens.input_jacobian(m, X, mode="rev")
+
+    _plan.clear_cache()
+    assert _analyses(lambda: f(X)) == 1
+    assert _analyses(lambda: f(X + 1.0)) == 0  # compiled: no Python at all
+
+
+def test_non_chain_model_analysed_once(getkey, fresh_plans):
+    model = init_model(
+        lambda k: eqx.nn.Sequential(
+            [eqx.nn.Conv1d(1, 3, 3, padding=1, key=k), eqx.nn.Lambda(jnp.tanh)]
+        ),
+        getkey(),
+    )
+    X = random_inputs(getkey(), 4, (1, 8))
+    assert _analyses(lambda: jacsens.input_jacobian(model, X)) == 1
+    assert _analyses(lambda: jacsens.input_jacobian(model, X)) == 0
+
+
+@pytest.mark.parametrize("fn", ["input_jacobian", "jvp", "vjp", "input_hessian", "saliency"])
+def test_dtype_rule_float64_model_float32_inputs(getkey, fn):
+    """Derivatives come back in the model's output dtype, computed at its precision."""
+    m = random_mlp(getkey(), 4, (6,), 3, "tanh")  # float64 weights
+    X64 = random_inputs(getkey(), 5, (4,))
+    X32 = X64.astype(jnp.float32)
+    x_back = X32.astype(jnp.float64)  # what the model sees
+    if fn == "input_jacobian":
+        got, want = jacsens.input_jacobian(m, X32), jax.vmap(jax.jacrev(m))(x_back)
+    elif fn == "jvp":
+        V = X32 * 0.5
+        got = jacsens.jvp(m, X32, V)
+        want = jax.vmap(lambda x, v: jax.jvp(m, (x,), (v,))[1])(x_back, V.astype(jnp.float64))
+    elif fn == "vjp":
+        U = random_inputs(getkey(), 5, (3,))
+        got = jacsens.vjp(m, X32, U)
+        want = jax.vmap(lambda x, u: jax.vjp(m, x)[1](u)[0])(x_back, U)
+    elif fn == "input_hessian":
+        got, want = jacsens.input_hessian(m, X32), jax.vmap(jax.hessian(m))(x_back)
+    else:
+        got = jacsens.attribution.saliency(m, X32, target=1, abs=False)
+        want = jax.vmap(jax.grad(lambda x: m(x)[1]))(x_back)
+    assert got.dtype == jnp.float64
+    assert_close(got, want, 1e-12)
+
+
+def test_mode_objects_and_names(getkey):
+    m = random_mlp(getkey(), 6, (2,), 6, "sigmoid")
+    X = random_inputs(getkey(), 3, (6,))
+    want = jax.vmap(jax.jacrev(m))(X)
+    for mode in (jacsens.Rev(), jacsens.Fwd(), jacsens.Chain(), jacsens.Backprop(), "segments"):
+        assert_close(jacsens.input_jacobian(m, X, mode=mode), want, 1e-12)
+    with pytest.raises(ValueError, match="Unknown `mode` 'reverse'"):
+        jacsens.input_jacobian(m, X, mode="reverse")
+    assert _plan.make_plan(m, X, "auto").mode.name in {"rev", "chain", "fwd"}
+
+
+def test_eqx_mlp_depth0_final_activation_is_not_a_chain(getkey):
+    """Equinox ignores `final_activation` at depth 0; a chain that added diag(f') would give
+    wrong chain/backprop Jacobians, weight gradients, ghost norms and sensitivities."""
+    m = init_model(
+        lambda k: eqx.nn.MLP(4, 3, 5, 0, final_activation=jnp.tanh, key=k), getkey()
+    )
+    X = random_inputs(getkey(), 6, (4,))
+    x = X[0]
+    assert_close(m(x), m.layers[0](x), 1e-15)  # Equinox's behaviour, which we must follow
+    with pytest.raises(jacsens.ChainError, match="does not compute what the model computes"):
+        read_chain(m)
+    want = jax.vmap(jax.jacrev(m))(X)
+    assert_close(jacsens.input_jacobian(m, X), want, 1e-12)
+    for mode in ("chain", "backprop"):
+        with pytest.raises(jacsens.ChainError):
+            jacsens.input_jacobian(m, X, mode=mode)
+    Y = random_inputs(getkey(), 6, (3,))
+    norms = jacsens.per_sample_grad_norms(m, "mse", X, Y)
+    grads = jacsens.per_sample_grads(m, "mse", X, Y)
+    flat = jnp.sqrt(sum(jnp.sum(g.reshape(6, -1) ** 2, 1) for g in jax.tree.leaves(grads)))
+    assert_close(norms, flat, 1e-12)
+
+
+_ACCEPTED = {
+    "jacsens-mlp": lambda k: jacsens.MLP(4, (5, 6), 3, activation="gelu", key=k),
+    "jacsens-mlp-final": lambda k: jacsens.MLP(
+        4, (5,), 3, activation="tanh", final_activation="sigmoid", key=k
+    ),
+    "jacsens-mlp-depth0": lambda k: jacsens.MLP(
+        4, (), 3, activation="tanh", final_activation="sin", key=k
+    ),
+    "jacsens-mlp-scalar": lambda k: jacsens.MLP("scalar", (5,), "scalar", key=k),
+    "eqx-mlp": lambda k: eqx.nn.MLP(4, 3, 5, 2, activation=jax.nn.silu, key=k),
+    "eqx-mlp-final": lambda k: eqx.nn.MLP(
+        4, 3, 5, 1, activation=jnp.sin, final_activation=jax.nn.softplus, key=k
+    ),
+    "eqx-mlp-depth0": lambda k: eqx.nn.MLP(4, 3, 5, 0, key=k),
+    "eqx-mlp-nobias": lambda k: eqx.nn.MLP(4, 3, 5, 2, use_bias=False, key=k),
+    "sequential": lambda k: eqx.nn.Sequential(
+        [
+            eqx.nn.Lambda(jnp.tanh),
+            eqx.nn.Linear(4, 6, key=jax.random.fold_in(k, 0)),
+            eqx.nn.Lambda(jax.nn.elu),
+            eqx.nn.Lambda(jax.nn.sigmoid),
+            eqx.nn.Identity(),
+            eqx.nn.Linear(6, 3, use_bias=False, key=jax.random.fold_in(k, 1)),
+            jacsens.ACTIVATIONS["leaky_relu"],
+        ]
+    ),
+    "linear": lambda k: eqx.nn.Linear(4, 3, key=k),
+}
+
+
+@pytest.mark.parametrize("name", list(_ACCEPTED))
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_read_chain_computes_what_the_model_computes(getkey, name, dtype):
+    model = init_model(_ACCEPTED[name], getkey())
+    model = jax.tree.map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, model)
+    chain = read_chain(model)
+    X = random_inputs(getkey(), 5, chain.in_shape, dtype=dtype)
+    y, _ = chain_forward(chain, X)
+    tol = 1e-5 if dtype == jnp.float32 else 1e-13
+    assert_close(y, jax.vmap(model)(X), tol)
+    J = jacsens.input_jacobian(model, X, mode="chain")
+    assert J.dtype == dtype
+    assert_close(J, jax.vmap(jax.jacrev(model))(X), tol)
+
+
+def test_plan_is_cached_and_hashable(getkey, fresh_plans):
+    m = random_mlp(getkey(), 3, (4,), 2, "tanh")
+    X = random_inputs(getkey(), 2, (3,))
+    p1 = _plan.make_plan(m, X, "rev")
+    p2 = _plan.make_plan(m, np.asarray(X), "rev")
+    assert p1 is p2 and hash(p1) == hash(p2)
+    assert _plan.make_plan(m, X, "fwd") is not p1
