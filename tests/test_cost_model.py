@@ -6,16 +6,28 @@ import jax
 import jax.numpy as jnp
 import pytest
 from helpers import random_mlp
-from jacsens._chain import (
-    DEVICE_MODELS,
-    MARGIN,
-    chain_cost,
-    chain_estimates,
-    device_model,
-    read_chain,
-)
+from jacsens import _cost
+from jacsens._cost import DEVICE_MODELS, MARGIN, device_model
+from jacsens._modes import Auto
+from jacsens._plan import Plan
+from jacsens._program._chain import read_chain
 
 import jacsens
+
+
+def chain_estimates(chain, B, itemsize, platform=None):
+    """Per mode `(flops, bytes, seconds)` of a chain's Jacobian for a batch of `B`."""
+    spec = chain.spec
+    return _cost.chain_estimates(spec.dims, spec.flags, B, itemsize, device_model(platform))
+
+
+def chain_cost(chain, B, itemsize, platform=None):
+    """The `JacobianCost` a plan for a model with this chain reports (and auto follows)."""
+    dtype = jnp.dtype(jnp.float32 if itemsize == 4 else jnp.float64)
+    plan = Plan(
+        chain.in_shape, chain.out_shape, dtype, dtype, dtype, B, chain.spec, None, Auto()
+    )
+    return plan.cost(B, platform)
 
 
 def test_flops_hand_count(getkey):
