@@ -215,6 +215,11 @@ _UNTRACEABLE = (
 )
 
 
+def _is_leaf_array(x: Any) -> bool:
+    # a skeleton's ShapeDtypeStructs (`eqx.filter_eval_shape`) stand for the arrays
+    return eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct)
+
+
 def _size(aval: Any) -> int:
     return math.prod(aval.shape)
 
@@ -256,7 +261,8 @@ def trace_program(
 
     **Arguments:**
 
-    - `model`: a callable on one sample, usually an `eqx.Module`.
+    - `model`: a callable on one sample, usually an `eqx.Module` (its arrays may be
+        `jax.ShapeDtypeStruct`s, as from `eqx.filter_eval_shape`: only shapes are read).
     - `x_struct`: one sample's input: a `jax.ShapeDtypeStruct` or array (or a pytree of
         them), floating point.
     - `cuts`: `"auto"` (pruned candidates), `"candidates"` (every candidate), or explicit
@@ -288,7 +294,7 @@ def trace_program(
         x_structs.append(jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype)))
     x_tree = jax.tree.unflatten(in_tree, x_structs)
 
-    params, static = eqx.partition(model, eqx.is_array)
+    params, static = eqx.partition(model, _is_leaf_array)
     leaves, leaf_tree = jax.tree.flatten(params)
     leaf_structs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in leaves]
 
