@@ -78,8 +78,8 @@ def _nets(quick: bool) -> list[tuple[str, int, tuple[int, ...], int | str, int]]
     return [
         ("seed", 52, (20, 10), "scalar", 1024 * scale),
         ("bottleneck", 784, (1024, 16, 1024), 784, 8 * scale),
-        ("tall", 1024, (256, 256), 4, 256 * scale),
-        ("wide", 4, (256, 256), 1024, 256 * scale),
+        ("tall", 1024, (256, 256), 4, 64 * scale),
+        ("wide", 4, (256, 256), 1024, 64 * scale),
     ]
 
 

@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check",
         help="cross-check every Jacobian mode, the kernel and finite differences",
-        description="Run jacsens.crosscheck on random inputs (float64); exit status 1 if "
+        description="Run jacsens.crosscheck on random inputs (float64 references); exit status 1 if "
         "any comparison fails.",
     )
     check.add_argument("--model", metavar="FILE", help="a saved model (default: seed net)")
@@ -218,11 +218,10 @@ def _fit_record_beside(model_path: str, args) -> FitRecord | None:
 
 
 def _standardised(raw: Dataset, standardise: Any) -> Dataset:
-    """`raw` (read with `standardise=False`) standardised as `from_frame` does."""
+    """`raw` (read in float64 with `standardise=False`) standardised as `from_frame` does
+    (or not, for `standardise=False`), in float32 like the models `fit` makes."""
     from . import datasets
 
-    if standardise is False:
-        return raw
     try:
         return datasets.from_frame(raw.to_frame(), raw.target_name, standardise=standardise)
     except ValueError as e:
@@ -393,7 +392,10 @@ def _fit(args, data: Dataset, source: str, timings: dict[str, float]) -> _Outcom
         raise CLIError(f"--lr must be positive, got {args.lr}")
     (X_tr, y_tr), (X_te, y_te) = _split(data, args.seed, args.test_fraction, source)
     _, k_init, k_fit = jax.random.split(jax.random.key(args.seed), 3)
-    model = jacsens.MLP(data.n_features, args.hidden, "scalar", args.activation, key=k_init)
+    # In the data's dtype (float32), whatever JAX's default float is (x64 or not).
+    model = jacsens.MLP(
+        data.n_features, args.hidden, "scalar", args.activation, key=k_init, dtype=data.X.dtype
+    )
     _say(
         args,
         f"Fitting MLP {data.n_features}-{'-'.join(map(str, args.hidden))}-1 "
@@ -684,7 +686,10 @@ def cmd_check(args) -> int:
     import jacsens
 
     model = _load_model(args.model) if args.model else _seed_model()
-    X = jax.random.normal(jax.random.key(args.seed), (args.batch, *_in_shape(model)))
+    hp = describe_model(model)[1]
+    shape = (args.batch, *_in_shape(model))
+    # Inputs in the model's own precision (crosscheck makes its float64 references itself).
+    X = jax.random.normal(jax.random.key(args.seed), shape, np.dtype(hp["dtype"]))
     report = jacsens.crosscheck(model, X)
     print(report)
     if report.passed:

@@ -426,3 +426,20 @@ def test_report_is_replaced_as_a_whole(linear_csv, tmp_path, monkeypatch, capsys
     assert cli.main(inside) == 2
     assert "inside --out" in _error_line(capsys)
     assert (fitted / "model.jsns").exists()
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_csv_data_are_float32_and_standardised_like_float64(linear_csv, raw):
+    import argparse
+
+    path, _, _ = linear_csv
+    args = argparse.Namespace(data=str(path), target="y", raw=raw, test_fraction=0.2, model=None)
+    data, source, reused = cli._load_data(args)
+    assert data.X.dtype == data.y.dtype == np.float32 and not reused
+    assert source == str(path.resolve())
+    values = pd.read_csv(path).to_numpy(np.float64)
+    if not raw:
+        values = (values - values.mean(axis=0)) / values.std(axis=0)
+    np.testing.assert_allclose(data.X, values[:, :3], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(data.y, values[:, 3], rtol=1e-6, atol=1e-6)
+    assert (data.standardisation is None) == raw
