@@ -21,8 +21,7 @@ from pathlib import Path
 import jax.numpy as jnp
 from harness import NetSpec, format_table, make_model, write_json
 
-from jacsens import read_chain
-from jacsens._cost import chain_estimates, device_model
+from jacsens import _cost, read_chain
 from jacsens._order import optimal_order
 
 MODES = ("rev", "fwd", "chain")
@@ -51,6 +50,18 @@ def legacy_best(chain, batch: int) -> str:
     return min(("chain", "rev", "fwd"), key=lambda m: (madds[m] * batch, elems[m] * batch))
 
 
+def estimated_seconds(chain, batch: int, platform: str) -> dict[str, float]:
+    """The cost model's estimated float32 time of each chain-based mode for the batch."""
+    estimate = {
+        "rev": _cost.rev_estimate,
+        "fwd": _cost.fwd_estimate,
+        "chain": _cost.chain_order_estimate,
+        "backprop": _cost.backprop_estimate,
+    }
+    args = (chain.spec.dims, chain.spec.flags, batch, 4, _cost.device_model(platform))
+    return {mode: fn(*args)[2] for mode, fn in estimate.items()}
+
+
 def spec_of(case: dict) -> NetSpec:
     out = case["out"]
     if case["net"].endswith("-1") and case["name"] == "seed":
@@ -74,10 +85,7 @@ def evaluate(results: dict) -> dict:
         model = make_model(spec)
         chain = read_chain(model)
         new = jacobian_cost(model, spec.batch).best
-        estimates = chain_estimates(
-            chain.spec.dims, chain.spec.flags, spec.batch, 4, device_model(platform)
-        )
-        predicted = {m: v[2] for m, v in estimates.items()}
+        predicted = estimated_seconds(chain, spec.batch, platform)
         entry = {
             "name": case["name"],
             "net": case["net"],
