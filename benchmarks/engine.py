@@ -255,15 +255,18 @@ def _paired_ratio(num: list[float], den: list[float]) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------
 
 _CLEAR_NAMES = ("clear_cache", "clear_caches", "clear_plan_cache", "cache_clear")
+# Module-level memo tables by name (a plan cache, structures already verified, ...); named
+# tables only, so that registries such as the activation table are left alone.
+_MEMO_HINTS = ("cache", "plans", "verified", "memo")
 
 
 def clear_all_caches() -> list[str]:
     """Clear JAX's caches and every cache found in the imported jacsens modules.
 
     Found: functions wrapped by `functools.lru_cache`/`cache` (their `cache_clear`),
-    module-level functions named like `clear_cache`, and module-level dicts whose name
-    contains "cache". Classes defined in jacsens are searched the same way (a plan cache
-    may be a class attribute).
+    module-level functions named like `clear_cache`, and module-level dicts and sets whose
+    name says they memoise (`_MEMO_HINTS`). Classes defined in jacsens are searched the
+    same way (a plan cache may be a class attribute).
 
     **Returns:**
 
@@ -287,7 +290,7 @@ def clear_all_caches() -> list[str]:
         elif name in _CLEAR_NAMES and callable(obj):
             obj()
             cleared.append(f"{owner}.{name}()")
-        elif isinstance(obj, dict) and "cache" in name.lower():
+        elif isinstance(obj, dict | set) and any(h in name.lower() for h in _MEMO_HINTS):
             obj.clear()
             cleared.append(f"{owner}.{name}")
 
@@ -450,17 +453,21 @@ def _tree_info() -> dict[str, Any]:
             text=True,
             check=True,
         ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "-C", str(tree), "status", "--porcelain", "--", "jacsens"],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.strip()
-        )
+        # A tree measured between commits is recorded with the files that differ from HEAD.
+        changed = subprocess.run(
+            ["git", "-C", str(tree), "status", "--porcelain", "--", "jacsens"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
     except (OSError, subprocess.CalledProcessError):
-        commit, dirty = None, None
-    return {"jacsens_path": str(tree), "commit": commit, "dirty": dirty}
+        commit, changed = None, None
+    return {
+        "jacsens_path": str(tree),
+        "commit": commit,
+        "dirty": None if changed is None else bool(changed),
+        "changed_files": changed,
+    }
 
 
 def metadata() -> dict[str, Any]:
