@@ -8,6 +8,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from ._memory import auto_chunk_size, memory_budget, run_with_backoff
+
 
 def map_chunks(fn: Callable[..., Any], *arrays: jax.Array, chunk_size: int | None) -> Any:
     """Apply a batched function `fn` to `arrays` in chunks of `chunk_size` rows.
@@ -30,3 +32,32 @@ def map_chunks(fn: Callable[..., Any], *arrays: jax.Array, chunk_size: int | Non
         return out
     rest = fn(*(a[split:] for a in arrays))
     return jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), out, rest)
+
+
+def run_chunked(
+    call: Callable[[int | None], Any],
+    chunk_size: int | str | None,
+    n_rows: int,
+    bytes_per_row: float,
+    *,
+    traced: bool,
+) -> Any:
+    """Run `call(chunk)` with `chunk_size`, or with `chunk_size="auto"` the largest chunk
+    whose estimated memory (`bytes_per_row` per row) fits the device's budget
+    (`jacsens._memory.memory_budget`), halving it after an out-of-memory error.
+
+    Under an outer `jit` (`traced`), the chunk is chosen but out-of-memory errors surface
+    when the caller's program runs, where they cannot be retried here.
+    """
+    if chunk_size != "auto":
+        return call(chunk_size)
+    chunk = auto_chunk_size(max(bytes_per_row, 1.0), n_rows, memory_budget())
+
+    def step(c: int) -> Any:
+        out = call(None if c >= n_rows else c)
+        # block, so that an allocation failure is raised here, where it can be retried
+        return out if traced else jax.block_until_ready(out)
+
+    if traced:
+        return step(chunk)
+    return run_with_backoff(step, chunk, what="chunk_size")

@@ -210,28 +210,42 @@ def _chain_tree(t: _Tally, order: ChainOrder, flags: list[bool], batch: int) -> 
             t.scale(jac, batch, True)
 
 
-def chain_estimates(
-    dims: tuple[int, ...], flags: tuple[bool, ...], batch_size: int, itemsize: int, device
-) -> dict[str, tuple[float, float, float]]:
-    """Per chain-based way of computing the Jacobian: `(flops, bytes, seconds)` for the batch.
+def _estimate(dims, flags, batch_size, itemsize, device, sweep) -> tuple[float, float, float]:
+    t = _Tally(device, itemsize)
+    _forward(t, list(dims), list(flags), batch_size)
+    sweep(t, list(dims), list(flags), batch_size)
+    return t.flops, t.bytes, t.seconds
 
-    Every entry includes the forward pass. `rev`/`fwd` are the autodiff sweeps from an
-    identity seed (`_sweep`), `chain` is the optimal order's products (`_chain_tree`),
-    `backprop` the output-side recursion of the hand-written kernel (`_backprop`).
-    """
-    out: dict[str, tuple[float, float, float]] = {}
-    dims_l, flags_l = list(dims), list(flags)
-    for name in ("rev", "fwd", "chain", "backprop"):
-        t = _Tally(device, itemsize)
-        _forward(t, dims_l, flags_l, batch_size)
-        if name == "rev":
-            _sweep(t, dims_l[::-1], flags_l[::-1], batch_size)
-        elif name == "fwd":
-            _sweep(t, dims_l, flags_l, batch_size)
-            t.seconds /= device.fwd_efficiency
-        elif name == "chain":
-            _chain_tree(t, optimal_order(tuple(dims), tuple(flags)), flags_l, batch_size)
-        else:
-            _backprop(t, dims_l, batch_size)
-        out[name] = (t.flops, t.bytes, t.seconds)
-    return out
+
+def rev_estimate(dims, flags, batch_size, itemsize, device) -> tuple[float, float, float]:
+    """`(flops, bytes, seconds)` of `vmap(jacrev)` on a chain: the forward pass, then an
+    identity seed of `out` rows swept back through the layers (`_sweep`)."""
+
+    def sweep(t, d, f, B):
+        _sweep(t, d[::-1], f[::-1], B)
+
+    return _estimate(dims, flags, batch_size, itemsize, device, sweep)
+
+
+def fwd_estimate(dims, flags, batch_size, itemsize, device) -> tuple[float, float, float]:
+    """`vmap(jacfwd)` on a chain: `in` tangents swept forward, at `fwd_efficiency`."""
+    flops, nbytes, seconds = _estimate(dims, flags, batch_size, itemsize, device, _sweep)
+    return flops, nbytes, seconds / device.fwd_efficiency
+
+
+def chain_order_estimate(dims, flags, batch_size, itemsize, device) -> tuple[float, float, float]:
+    """The chain mode: the dense factors multiplied in the optimal order (`_chain_tree`)."""
+
+    def products(t, d, f, B):
+        _chain_tree(t, optimal_order(tuple(d), tuple(f)), f, B)
+
+    return _estimate(dims, flags, batch_size, itemsize, device, products)
+
+
+def backprop_estimate(dims, flags, batch_size, itemsize, device) -> tuple[float, float, float]:
+    """The hand-written kernel's output-side recursion (`_backprop`)."""
+
+    def recursion(t, d, f, B):
+        _backprop(t, d, B)
+
+    return _estimate(dims, flags, batch_size, itemsize, device, recursion)

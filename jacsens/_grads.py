@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
-from ._batching import map_chunks
+from ._batching import map_chunks, run_chunked
 from ._losses import LossFn, get_loss
 from ._plan import Plan, make_plan
 from ._program._chain import chain_forward, read_chain
 from ._validate import (
     as_float_array,
     as_targets,
-    check_positive_int,
+    check_chunk_size,
     check_same_batch,
     check_targets,
 )
@@ -34,7 +34,7 @@ def _check(model, loss, X, Y, chunk_size=None) -> tuple[LossFn, Array, Array, in
             "differentiation); pass an eqx.Module whose weights are fields."
         )
     check_same_batch(X, Y)
-    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    chunk_size = check_chunk_size(chunk_size)
     loss_fn = get_loss(loss)
     check_targets(loss, Y, plan.out_shape)
     if X.dtype != plan.dtype:  # the package's dtype rule: at the model's precision
@@ -95,14 +95,15 @@ def per_sample_grads(
     X: Float[Array, "batch *in"],
     Y: Array,
     *,
-    chunk_size: int | None = None,
+    chunk_size: int | Literal["auto"] | None = None,
 ) -> PyTree:
     """Gradient of each sample's loss with respect to the parameters.
 
     **Arguments:**
 
     - `model`, `loss`, `X`, `Y`: as in `weight_grad`.
-    - `chunk_size`: optional chunking over the batch to bound memory.
+    - `chunk_size`: optional chunking over the batch to bound memory (rows, or `"auto"`:
+        the largest chunk that fits the device's free memory).
 
     **Returns:**
 
@@ -110,7 +111,11 @@ def per_sample_grads(
     leaf `[b]` is `∂ loss(model(X[b]), Y[b]) / ∂θ`. Their mean over `b` is `weight_grad`.
     """
     loss, X, Y, chunk_size, plan = _check(model, loss, X, Y, chunk_size)
-    return _per_sample_impl(model, loss, X, Y, chunk_size)
+
+    def call(chunk):
+        return _per_sample_impl(model, loss, X, Y, chunk)
+
+    return run_chunked(call, chunk_size, X.shape[0], _grad_bytes(model, plan), traced=_traced(X))
 
 
 def _ghost_sq_norms(model, loss, X, Y):
@@ -164,7 +169,7 @@ def per_sample_grad_norms(
     X: Float[Array, "batch *in"],
     Y: Array,
     *,
-    chunk_size: int | None = None,
+    chunk_size: int | Literal["auto"] | None = None,
     method: str = "auto",
 ) -> Float[Array, " batch"]:
     """L2 norm of each sample's parameter gradient (all parameters together).
@@ -178,7 +183,7 @@ def per_sample_grad_norms(
     **Arguments:**
 
     - `model`, `loss`, `X`, `Y`: as in `weight_grad`.
-    - `chunk_size`: optional chunking over the batch.
+    - `chunk_size`: optional chunking over the batch (rows, or `"auto"`).
     - `method`: `"auto"` (ghost where possible), `"ghost"` or `"materialise"`.
 
     **Returns:**
@@ -195,4 +200,20 @@ def per_sample_grad_norms(
         )
     if method == "auto":
         method = "ghost" if plan.chain is not None else "materialise"
-    return _norms_impl(model, loss, X, Y, chunk_size, method)
+
+    def call(chunk):
+        return _norms_impl(model, loss, X, Y, chunk, method)
+
+    return run_chunked(call, chunk_size, X.shape[0], _grad_bytes(model, plan), traced=_traced(X))
+
+
+def _traced(X) -> bool:
+    return isinstance(X, jax.core.Tracer)
+
+
+def _grad_bytes(model, plan: Plan) -> float:
+    """Peak bytes per row of per-sample gradients: every parameter, twice (the gradient
+    and its cotangent), plus the activations of a forward and backward pass."""
+    n_params = sum(a.size for a in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)))
+    itemsize = jnp.dtype(plan.dtype).itemsize
+    return itemsize * (2.0 * n_params + 8.0 * (plan.n_in + plan.n_out))

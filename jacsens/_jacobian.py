@@ -12,14 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._batching import map_chunks
+from ._batching import map_chunks, run_chunked
 from ._cost import JacobianCost
 from ._modes import AbstractJacobianMode
 from ._plan import Plan, make_plan
 from ._program._chain import ActStep, ChainError, LinearStep, read_chain
-from ._validate import as_float_array, check_positive_int
+from ._validate import as_float_array, check_chunk_size, check_positive_int
 
-Mode = Literal["auto", "rev", "fwd", "chain", "backprop"] | AbstractJacobianMode
+Mode = str | AbstractJacobianMode  # a name in `jacsens._modes.MODE_NAMES`, or a mode object
 
 
 @eqx.filter_jit
@@ -32,7 +32,7 @@ def input_jacobian(
     X: Float[Array, "batch *in"],
     *,
     mode: Mode = "auto",
-    chunk_size: int | None = None,
+    chunk_size: int | Literal["auto"] | None = None,
 ) -> Float[Array, "batch *out *in"]:
     """Per-sample Jacobians of a model's output with respect to its input.
 
@@ -54,7 +54,9 @@ def input_jacobian(
             `jacobian_cost`); for models without a readable chain, rev if the output is
             no wider than the input, else fwd.
     - `chunk_size`: if given, the batch is processed in chunks of this many rows to bound
-        memory. Results equal the unchunked ones up to round-off.
+        memory; `"auto"`: the largest chunk whose estimated memory fits the device's free
+        memory (halved and retried after an out-of-memory error). Results equal the
+        unchunked ones up to round-off.
 
     **Returns:**
 
@@ -67,9 +69,25 @@ def input_jacobian(
     `TypeError` if `X` is not floating point.
     """
     X = as_float_array(X, "X")
-    chunk_size = check_positive_int(chunk_size, "chunk_size")
-    plan = make_plan(model, X, mode, chunk_size=chunk_size)
-    return _jacobian_impl(model, X, plan, chunk_size)
+    chunk_size = check_chunk_size(chunk_size)
+    if chunk_size != "auto":
+        plan = make_plan(model, X, mode, chunk_size=chunk_size)
+        return _jacobian_impl(model, X, plan, chunk_size)
+    per_row = make_plan(model, X, mode).peak_bytes(1)
+
+    def call(chunk):
+        return _jacobian_impl(model, X, make_plan(model, X, mode, chunk_size=chunk), chunk)
+
+    return run_chunked(call, chunk_size, X.shape[0], per_row, traced=_traced(X))
+
+
+def _traced(*arrays) -> bool:
+    return any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
+def _product_bytes(plan: Plan) -> float:
+    """Peak bytes per row of a JVP/VJP: primal, tangent and residuals, a few of each."""
+    return 8.0 * jnp.dtype(plan.dtype).itemsize * (plan.n_in + plan.n_out)
 
 
 def _example_plan(model, example: Any, dtype: Any, argname: str) -> Plan:
@@ -253,7 +271,7 @@ def jvp(
     X: Float[Array, "batch *in"],
     V: Float[Array, "batch *in"],
     *,
-    chunk_size: int | None = None,
+    chunk_size: int | Literal["auto"] | None = None,
 ) -> Float[Array, " batch *out"]:
     """Batched Jacobian-vector products `J(X[b]) · V[b]`, without forming `J`.
 
@@ -261,15 +279,20 @@ def jvp(
 
     - `model`: callable on one sample.
     - `X`: inputs `(B, *in_shape)`; `V`: tangents of the same shape.
-    - `chunk_size`: optional chunking over the batch.
+    - `chunk_size`: optional chunking over the batch (rows, or `"auto"`: see
+        `input_jacobian`).
 
     **Returns:**
 
     `(B, *out_shape)`.
     """
-    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    chunk_size = check_chunk_size(chunk_size)
     plan, X, V = _check_products(model, X, V, "V", "in")
-    return _jvp_impl(model, X, V, plan, chunk_size)
+
+    def call(chunk):
+        return _jvp_impl(model, X, V, plan, chunk)
+
+    return run_chunked(call, chunk_size, X.shape[0], _product_bytes(plan), traced=_traced(X, V))
 
 
 def vjp(
@@ -277,7 +300,7 @@ def vjp(
     X: Float[Array, "batch *in"],
     U: Float[Array, " batch *out"],
     *,
-    chunk_size: int | None = None,
+    chunk_size: int | Literal["auto"] | None = None,
 ) -> Float[Array, "batch *in"]:
     """Batched vector-Jacobian products `U[b]ᵀ · J(X[b])`, without forming `J`.
 
@@ -285,15 +308,20 @@ def vjp(
 
     - `model`: callable on one sample.
     - `X`: inputs `(B, *in_shape)`; `U`: cotangents `(B, *out_shape)`.
-    - `chunk_size`: optional chunking over the batch.
+    - `chunk_size`: optional chunking over the batch (rows, or `"auto"`: see
+        `input_jacobian`).
 
     **Returns:**
 
     `(B, *in_shape)`.
     """
-    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    chunk_size = check_chunk_size(chunk_size)
     plan, X, U = _check_products(model, X, U, "U", "out")
-    return _vjp_impl(model, X, U, plan, chunk_size)
+
+    def call(chunk):
+        return _vjp_impl(model, X, U, plan, chunk)
+
+    return run_chunked(call, chunk_size, X.shape[0], _product_bytes(plan), traced=_traced(X, U))
 
 
 @eqx.filter_jit
@@ -305,7 +333,7 @@ def input_hessian(
     model: Callable[[Array], Array],
     X: Float[Array, "batch *in"],
     *,
-    chunk_size: int | None = None,
+    chunk_size: int | Literal["auto"] | None = None,
 ) -> Float[Array, "batch *out *in *in"]:
     """Per-sample input Hessians `∂²y/∂x∂x`, forward-over-reverse.
 
@@ -313,13 +341,19 @@ def input_hessian(
 
     - `model`: callable on one sample.
     - `X`: inputs `(B, *in_shape)`.
-    - `chunk_size`: optional chunking over the batch.
+    - `chunk_size`: optional chunking over the batch (rows, or `"auto"`: see
+        `input_jacobian`).
 
     **Returns:**
 
     `(B, *out_shape, *in_shape, *in_shape)`.
     """
     X = as_float_array(X, "X")
-    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    chunk_size = check_chunk_size(chunk_size)
     plan = make_plan(model, X, None)
-    return _hessian_impl(model, X, plan, chunk_size)
+    per_row = 4.0 * jnp.dtype(plan.dtype).itemsize * plan.n_out * plan.n_in * (plan.n_in + 1)
+
+    def call(chunk):
+        return _hessian_impl(model, X, plan, chunk)
+
+    return run_chunked(call, chunk_size, X.shape[0], per_row, traced=_traced(X))

@@ -91,3 +91,26 @@ class _Summed(eqx.Module):
 
     def __call__(self, y_pred: Array, y_true: Array) -> Array:
         return jnp.sum(self.loss(y_pred, y_true))
+
+
+# The hand-written kernel's loss gradients (`jacsens.backprop`), beside the losses they
+# differentiate: plain `jnp`, no autodiff.
+
+
+def squared_error_grad(y_pred: Array, y_true: Array) -> Array:
+    """`∂E/∂y` of `E = ½‖y_pred − y_true‖²`: `y_pred − y_true`."""
+    return y_pred - y_true
+
+
+def softmax_cross_entropy_grad(logits: Array, y_true: Array) -> Array:
+    """`∂E/∂θ` of `E = −Σ y_true log softmax(θ)`: `softmax(θ) − y_true`.
+
+    Exact when `y_true` is a probability vector (one-hot or soft labels summing to 1). An
+    integer class label (shape `()`) is one-hot encoded first, as in `cross_entropy`.
+    """
+    shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+    p = jnp.exp(shifted)
+    p = p / jnp.sum(p, axis=-1, keepdims=True)
+    if jnp.issubdtype(y_true.dtype, jnp.integer):
+        y_true = jax.nn.one_hot(y_true, logits.shape[-1], dtype=p.dtype)
+    return p - y_true

@@ -16,7 +16,14 @@ import equinox as eqx
 import jax
 from jaxtyping import Array
 
-from ._cost import MARGIN, DeviceModel, chain_estimates
+from ._cost import (
+    MARGIN,
+    DeviceModel,
+    backprop_estimate,
+    chain_order_estimate,
+    fwd_estimate,
+    rev_estimate,
+)
 from ._kernel import jacobian_recursion
 from ._order import chain_product, optimal_order
 from ._program._chain import ChainError, chain_forward, read_chain
@@ -57,15 +64,15 @@ class AbstractJacobianMode(eqx.Module):
         """`(flops, bytes, seconds)` for a batch of `batch_size`, or `None`."""
 
 
-def _chain_estimate(plan: Plan, name: str, batch_size, itemsize, device) -> Estimate | None:
+def _chain_estimate(plan: Plan, estimate, batch_size, itemsize, device) -> Estimate | None:
     if plan.chain is None:
         return None
-    return chain_estimates(plan.chain.dims, plan.chain.flags, batch_size, itemsize, device)[name]
+    return estimate(plan.chain.dims, plan.chain.flags, batch_size, itemsize, device)
 
 
-def _sweep_estimate(plan: Plan, name: str, batch_size, itemsize, device) -> Estimate | None:
+def _sweep_estimate(plan: Plan, name: str, estimate, batch_size, itemsize, device):
     """rev/fwd: from the layer chain where there is one, else from the traced program."""
-    est = _chain_estimate(plan, name, batch_size, itemsize, device)
+    est = _chain_estimate(plan, estimate, batch_size, itemsize, device)
     if est is None and plan.program is not None:
         est = program_costs(plan.program, batch_size, itemsize, device)[name]
     return est
@@ -85,7 +92,7 @@ class Rev(AbstractJacobianMode):
         return jax.vmap(jax.jacrev(model))(X)
 
     def estimate(self, plan, batch_size, itemsize, device):
-        return _sweep_estimate(plan, "rev", batch_size, itemsize, device)
+        return _sweep_estimate(plan, self.name, rev_estimate, batch_size, itemsize, device)
 
 
 class Fwd(AbstractJacobianMode):
@@ -98,7 +105,7 @@ class Fwd(AbstractJacobianMode):
         return jax.vmap(jax.jacfwd(model))(X)
 
     def estimate(self, plan, batch_size, itemsize, device):
-        return _sweep_estimate(plan, "fwd", batch_size, itemsize, device)
+        return _sweep_estimate(plan, self.name, fwd_estimate, batch_size, itemsize, device)
 
 
 class _NeedsChain(AbstractJacobianMode):
@@ -128,7 +135,7 @@ class Chain(_NeedsChain):
         return _reshape(plan, chain_product(order, weights, diags, X.shape[0]), X.shape[0])
 
     def estimate(self, plan, batch_size, itemsize, device):
-        return _chain_estimate(plan, "chain", batch_size, itemsize, device)
+        return _chain_estimate(plan, chain_order_estimate, batch_size, itemsize, device)
 
 
 class Backprop(_NeedsChain):
@@ -148,7 +155,7 @@ class Backprop(_NeedsChain):
         return _reshape(plan, jacobian_recursion(chain, cache), X.shape[0])
 
     def estimate(self, plan, batch_size, itemsize, device):
-        return _chain_estimate(plan, "backprop", batch_size, itemsize, device)
+        return _chain_estimate(plan, backprop_estimate, batch_size, itemsize, device)
 
 
 class Segments(AbstractJacobianMode):
@@ -235,13 +242,15 @@ class Auto(AbstractJacobianMode):
 MODE_NAMES: tuple[str, ...] = ("auto", *MODES)
 
 
+_BY_NAME: dict[str, AbstractJacobianMode] = {}
+
+
 def get_mode(mode: Any, argname: str = "mode") -> AbstractJacobianMode:
-    """A mode object from a name or a mode object."""
+    """A mode object from a name (one shared instance per name) or a mode object."""
     if isinstance(mode, AbstractJacobianMode):
         return mode
-    if isinstance(mode, str):
-        if mode == "auto":
-            return Auto()
-        if mode in MODES:
-            return MODES[mode]()
+    if isinstance(mode, str) and mode in MODE_NAMES:
+        if mode not in _BY_NAME:
+            _BY_NAME[mode] = Auto() if mode == "auto" else MODES[mode]()
+        return _BY_NAME[mode]
     raise ValueError(f"Unknown `{argname}` {mode!r}; expected one of {MODE_NAMES}.")

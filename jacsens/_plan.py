@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+import weakref
 from collections.abc import Hashable
 from typing import Any
 
@@ -70,6 +71,15 @@ class Plan:
     mode: AbstractJacobianMode
     program: Program | None = None
     program_error: str | None = None
+
+    def __post_init__(self):
+        # Plans are static arguments of compiled functions, hashed on every call.
+        fields = (self.in_shape, self.out_shape, self.in_dtype, self.dtype, self.out_dtype)
+        key = (*fields, self.batch_size, self.chain, self.mode, id(self.program))
+        object.__setattr__(self, "_hash", hash(key))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def device(self) -> DeviceModel:
@@ -132,6 +142,7 @@ def _cost(plan: Plan, batch: int, device: DeviceModel) -> JacobianCost:
 # plans made from them for a mode and a batch size (a cost-model look-up).
 _analyses: collections.OrderedDict[Hashable, Plan] = collections.OrderedDict()
 _plans: collections.OrderedDict[Hashable, Plan] = collections.OrderedDict()
+_last: dict[int, tuple[Any, tuple, Plan]] = {}  # the last model seen -> its last plan
 analyses = 0  # models analysed (cache misses): read by tests that count analyses
 
 
@@ -139,6 +150,7 @@ def clear_cache() -> None:
     """Forget every cached analysis and plan (benchmarks measure cold starts with it)."""
     _analyses.clear()
     _plans.clear()
+    _last.clear()
 
 
 def _struct(X: Any) -> jax.ShapeDtypeStruct:
@@ -173,33 +185,44 @@ def make_plan(
     """
     if not callable(model):
         raise TypeError(f"`model` must be callable, got {type(model).__name__}.")
-    mode = Auto() if mode is None else get_mode(mode)
+    mode_key = "auto" if mode is None else mode  # names hash and compare fast
+    mode = get_mode(mode_key)
     x = _struct(X)
     if len(x.shape) < 1:
         raise ValueError(f"`{argname}` must have a leading batch axis, got shape {x.shape}.")
     batch = x.shape[0] if chunk_size is None else min(x.shape[0], chunk_size)
+    flags = (jax.default_backend(), jax.config.jax_enable_x64, jax.config.jax_numpy_dtype_promotion)
+    # The same model object as the last call (a loop over batches): no need to flatten it
+    # to find its structure. Models are immutable; the weak reference makes sure it is the
+    # same object, not a new one at a recycled address.
+    quick = (x.shape, x.dtype, mode_key, batch, flags)
+    last = _last.get(id(model))
+    if last is not None and last[0]() is model and last[1] == quick:
+        return last[2]
     skey = structure_key(model)
     if skey is None:  # unhashable parts: nothing is cached
         return _resolve(_analyse(model, x, argname, isinstance(mode, Segments)), mode, batch)
-    akey = (
-        skey,
-        x.shape[1:],
-        x.dtype,
-        jax.default_backend(),
-        jax.config.jax_enable_x64,
-        jax.config.jax_numpy_dtype_promotion,
-    )
-    pkey = (akey, mode, batch)
+    akey = (skey, x.shape[1:], x.dtype, flags)
+    pkey = (akey, mode_key, batch)
     plan = _lookup(_plans, pkey)
-    if plan is not None:
-        return plan
-    base = _lookup(_analyses, akey)
-    if base is None or (isinstance(mode, Segments) and base.program is None):
-        base = _analyse(model, x, argname, isinstance(mode, Segments))
-        _store(_analyses, akey, base)
-    plan = _resolve(base, mode, batch)
-    _store(_plans, pkey, plan)
+    if plan is None:
+        base = _lookup(_analyses, akey)
+        if base is None or (isinstance(mode, Segments) and base.program is None):
+            base = _analyse(model, x, argname, isinstance(mode, Segments))
+            _store(_analyses, akey, base)
+        plan = _resolve(base, mode, batch)
+        _store(_plans, pkey, plan)
+    _remember(model, quick, plan)
     return plan
+
+
+def _remember(model: Any, quick: tuple, plan: Plan) -> None:
+    try:
+        ref = weakref.ref(model)
+    except TypeError:  # objects without weak references take the full path every time
+        return
+    _last.clear()
+    _last[id(model)] = (ref, quick, plan)
 
 
 def _lookup(cache: collections.OrderedDict, key: Hashable) -> Plan | None:
@@ -260,7 +283,8 @@ def _analyse(model, x: jax.ShapeDtypeStruct, argname: str, want_program: bool) -
             program_error = f"{type(e).__name__}: {e}"
     if program is None:
         try:
-            out = jax.eval_shape(model, sample)
+            # a lambda: `eval_shape(model)` would format the whole module for its name
+            out = jax.eval_shape(lambda x: model(x), sample)
         except Exception as e:  # the model's own error, re-raised naming the argument
             raise ValueError(
                 f"`model` cannot be applied to one sample of `{argname}` (shape {in_shape}, "

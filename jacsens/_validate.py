@@ -15,13 +15,26 @@ import numpy as np
 
 
 def as_float_array(x: Any, argname: str) -> jax.Array:
-    """Convert array-likes to a JAX array; refuse non-floating dtypes."""
-    if isinstance(x, jax.Array | np.ndarray):
+    """Convert array-likes to a JAX array; refuse non-floating dtypes.
+
+    Accepts JAX and NumPy arrays, nested lists/tuples of numbers, and objects that
+    convert themselves with `__array__` (pandas DataFrames and Series, xarray, ...).
+    """
+    if isinstance(x, jax.Array):  # the common case: no conversion, no copy
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"`{argname}` must have a floating dtype, got dtype {x.dtype}.")
+        return x
+    if isinstance(x, np.ndarray):
         arr = x
     elif isinstance(x, list | tuple | float | int) and not isinstance(x, bool):
-        arr = np.asarray(x)
+        try:
+            arr = np.asarray(x)
+        except ValueError as e:  # ragged nesting
+            raise ValueError(f"`{argname}` must be a rectangular array: {e}") from None
         if np.issubdtype(arr.dtype, np.integer):
             raise TypeError(f"`{argname}` must be floating point, got integer values {x!r:.60}.")
+    elif hasattr(x, "__array__") and not isinstance(x, str | bytes | dict):
+        arr = np.asarray(x)
     else:
         raise TypeError(f"`{argname}` must be an array, got {type(x).__name__}.")
     if not jnp.issubdtype(arr.dtype, jnp.floating):
@@ -36,6 +49,18 @@ def check_positive_int(value: Any, argname: str, *, allow_none: bool = True) -> 
         or_none = " or None" if allow_none else ""
         raise ValueError(f"`{argname}` must be a positive int{or_none}, got {value!r}.")
     return int(value)
+
+
+def check_chunk_size(value: Any, argname: str = "chunk_size") -> int | str | None:
+    """`None` (no chunking), a positive int, or `"auto"` (fit the device's memory)."""
+    if isinstance(value, str) and value == "auto":
+        return value
+    if value is None or (isinstance(value, int | np.integer) and not isinstance(value, bool)):
+        if value is None or value >= 1:
+            return None if value is None else int(value)
+    raise ValueError(
+        f"`{argname}` must be a positive int, \"auto\" or None, got {value!r}."
+    )
 
 
 def check_choice(value: Any, argname: str, choices: Iterable[str]) -> str:
@@ -119,7 +144,7 @@ def check_targets(
     if kernel:
         # Only the softmax cross-entropy gradient takes class labels; any other `loss_grad`
         # (e.g. `y_pred - y_true`) would broadcast them.
-        from .backprop import softmax_cross_entropy_grad
+        from ._losses import softmax_cross_entropy_grad
 
         takes_labels = loss_fn is softmax_cross_entropy_grad
         labels = takes_labels and integer and out_shape != () and Y.shape[1:] == out_shape[:-1]

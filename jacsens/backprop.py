@@ -26,6 +26,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
 from ._kernel import check_kernel_chain, delta_recursion
+from ._losses import (
+    softmax_cross_entropy_grad as softmax_cross_entropy_grad,
+    squared_error_grad as squared_error_grad,
+)
 from ._program._chain import Cache, Chain, chain_forward, read_chain
 from ._validate import as_float_array, as_targets, check_choice, check_same_batch, check_targets
 
@@ -88,25 +92,6 @@ def input_jacobian(model: Any, X: Float[Array, "batch *in"]) -> Float[Array, "ba
     from ._jacobian import input_jacobian as _input_jacobian
 
     return _input_jacobian(model, X, mode="backprop")
-
-
-def squared_error_grad(y_pred: Array, y_true: Array) -> Array:
-    """`∂E/∂y` of `E = ½‖y_pred − y_true‖²`: `y_pred − y_true`."""
-    return y_pred - y_true
-
-
-def softmax_cross_entropy_grad(logits: Array, y_true: Array) -> Array:
-    """`∂E/∂θ` of `E = −Σ y_true log softmax(θ)`: `softmax(θ) − y_true`.
-
-    Exact when `y_true` is a probability vector (one-hot or soft labels summing to 1). An
-    integer class label (shape `()`) is one-hot encoded first, as in `cross_entropy`.
-    """
-    shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
-    p = jnp.exp(shifted)
-    p = p / jnp.sum(p, axis=-1, keepdims=True)
-    if jnp.issubdtype(y_true.dtype, jnp.integer):
-        y_true = jax.nn.one_hot(y_true, logits.shape[-1], dtype=p.dtype)
-    return p - y_true
 
 
 @eqx.filter_jit

@@ -1,5 +1,11 @@
-"""Shared fixtures. float64 is enabled for the whole suite so that reference
-computations can run in double precision; float32 tests ask for float32 explicitly."""
+"""Shared fixtures.
+
+The suite runs in strict dtype promotion (as Equinox's does): any silent float32/float64
+mixing in the package fails loudly instead of quietly computing in the wrong precision.
+float64 is enabled so that reference computations can run in double precision; every
+float32 path is asked for explicitly (dtype parameters), and `test_float32.py` runs the
+public entry points with x64 switched off, as most users run them.
+"""
 
 import os
 
@@ -11,6 +17,7 @@ import jax
 import pytest
 
 jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 
 @pytest.fixture

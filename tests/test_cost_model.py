@@ -6,27 +6,32 @@ import jax
 import jax.numpy as jnp
 import pytest
 from helpers import random_mlp
+
+import jacsens
 from jacsens import _cost
 from jacsens._cost import DEVICE_MODELS, MARGIN, device_model
 from jacsens._modes import Auto
 from jacsens._plan import Plan
 from jacsens._program._chain import read_chain
 
-import jacsens
-
 
 def chain_estimates(chain, B, itemsize, platform=None):
     """Per mode `(flops, bytes, seconds)` of a chain's Jacobian for a batch of `B`."""
     spec = chain.spec
-    return _cost.chain_estimates(spec.dims, spec.flags, B, itemsize, device_model(platform))
+    fns = {
+        "rev": _cost.rev_estimate,
+        "fwd": _cost.fwd_estimate,
+        "chain": _cost.chain_order_estimate,
+        "backprop": _cost.backprop_estimate,
+    }
+    args = (spec.dims, spec.flags, B, itemsize, device_model(platform))
+    return {name: fn(*args) for name, fn in fns.items()}
 
 
 def chain_cost(chain, B, itemsize, platform=None):
     """The `JacobianCost` a plan for a model with this chain reports (and auto follows)."""
     dtype = jnp.dtype(jnp.float32 if itemsize == 4 else jnp.float64)
-    plan = Plan(
-        chain.in_shape, chain.out_shape, dtype, dtype, dtype, B, chain.spec, None, Auto()
-    )
+    plan = Plan(chain.in_shape, chain.out_shape, dtype, dtype, dtype, B, chain.spec, None, Auto())
     return plan.cost(B, platform)
 
 

@@ -273,9 +273,7 @@ def structure_key(model: Any) -> Hashable | None:
     pytree structure (classes and static fields), the shape and dtype of each array leaf,
     and every non-array leaf. `None` if some part is unhashable (no caching then)."""
     leaves, treedef = jax.tree.flatten(model)
-    sig = tuple(
-        (tuple(x.shape), jnp.dtype(x.dtype)) if eqx.is_array(x) else ("leaf", x) for x in leaves
-    )
+    sig = tuple((x.shape, x.dtype) if eqx.is_array(x) else ("leaf", x) for x in leaves)
     key = (treedef, sig)
     try:
         hash(key)
@@ -308,22 +306,31 @@ def _random_like(model: Any, rng: np.random.Generator) -> Any:
 
 def _verify(model: Any, chain: Chain) -> None:
     """Evaluate `model` and `chain` on one random sample with random weights; refuse the
-    chain unless they agree (to the round-off of the weights' dtype)."""
+    chain unless they agree (to the round-off of the weights' dtype).
+
+    Both run in one compiled call: evaluated eagerly, each operation would compile on its
+    own (seconds on a cold start).
+    """
     rng = np.random.default_rng(0)
-    with jax.ensure_compile_time_eval():
-        probe = _random_like(model, rng)
-        probe_chain = _read_unchecked(probe)
-        dtype = jnp.dtype(probe_chain.linears[0].weight.dtype) if probe_chain.linears else None
-        dtype = dtype if dtype is not None else jnp.dtype(jnp.float32)
-        x = np.asarray(rng.normal(size=chain.in_shape), dtype)
-        try:
-            want = np.asarray(probe(jnp.asarray(x)), np.float64)
-        except Exception as e:  # the model's own error: not a chain we can vouch for
-            raise ChainError(
-                f"model: the layer chain could not be checked against the model's forward "
-                f"pass ({type(e).__name__}: {e})."
-            ) from e
-        got = np.asarray(chain_forward(probe_chain, jnp.asarray(x)[None])[0][0], np.float64)
+    probe = _random_like(model, rng)
+    leaves, static = eqx.partition(probe, eqx.is_array)
+    weights = [s.weight for s in _read_unchecked(probe).linears]
+    dtype = jnp.dtype(weights[0].dtype) if weights else jnp.dtype(jnp.float32)
+    x = np.asarray(rng.normal(size=chain.in_shape), dtype)
+
+    @jax.jit
+    def both(leaves, x):
+        m = eqx.combine(leaves, static)
+        return m(x), chain_forward(_read_unchecked(m), x[None])[0][0]
+
+    try:
+        with jax.ensure_compile_time_eval():
+            want, got = (np.asarray(a, np.float64) for a in both(leaves, x))
+    except Exception as e:  # the model's own error: not a chain we can vouch for
+        raise ChainError(
+            f"model: the layer chain could not be checked against the model's forward "
+            f"pass ({type(e).__name__}: {e})."
+        ) from e
     tol = 1e-4 if dtype.itemsize <= 4 else 1e-10
     if want.shape != got.shape or not np.allclose(got, want, rtol=tol, atol=tol):
         raise ChainError(
