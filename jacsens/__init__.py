@@ -39,9 +39,14 @@ from ._modes import (
 from ._program._chain import ChainError as ChainError, read_chain as read_chain
 from ._sensitivity import (
     AbstractSampler as Sampler,
+    NormalisedDGSM as NormalisedDGSM,
+    QMCSampler as QMCSampler,
     SensitivityResult as SensitivityResult,
+    from_problem as from_problem,
+    halton as halton,
     normal as normal,
     sensitivity as sensitivity,
+    sobol as sobol,
     uniform as uniform,
 )
 from ._stats import (

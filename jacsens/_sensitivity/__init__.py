@@ -8,19 +8,25 @@ the standard deviation and the max, each mean with its Monte Carlo standard erro
 - `_result.py`: `SensitivityResult`, the accumulators and every statistic derived from
   them; merging; the one checksummed `.npz` file format.
 - `_sources.py`: arrays, array-likes, streams of batches and samplers
-  (`AbstractSampler` → `Uniform`, `Normal`).
+  (`AbstractSampler` → `Uniform`, `Normal`, `Marginals`); SALib problem dicts
+  (`from_problem`).
+- `_qmc.py`: randomised quasi-Monte Carlo samplers (`sobol`, `halton`) in independent
+  scrambles, whose spread gives the standard errors.
 - `_checkpoint.py`: a checkpoint is a result plus progress counters and the run's
   identity, in the same format.
 - `_run.py`: `sensitivity()`: plan once, one jitted chunk kernel, accumulate.
 """
 
 from ._checkpoint import model_fingerprint as model_fingerprint
-from ._result import SensitivityResult as SensitivityResult
+from ._qmc import QMCSampler as QMCSampler, halton as halton, sobol as sobol
+from ._result import NormalisedDGSM as NormalisedDGSM, SensitivityResult as SensitivityResult
 from ._run import sensitivity as sensitivity
 from ._sources import (
     AbstractSampler as AbstractSampler,
+    Marginals as Marginals,
     Normal as Normal,
     Uniform as Uniform,
+    from_problem as from_problem,
     normal as normal,
     uniform as uniform,
 )

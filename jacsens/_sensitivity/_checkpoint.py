@@ -121,7 +121,7 @@ class Checkpoint(eqx.Module):
             "chunk_size": self.chunk_size,
             "identity": self.identity,
         }
-        write_file(path, header, self.result.jac, self.result.hess)
+        write_file(path, header, self.result.jac, self.result.hess, self.result.replicates)
 
 
 def load_checkpoint(path: str, identity: dict[str, Any]) -> Checkpoint:

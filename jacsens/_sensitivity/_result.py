@@ -4,8 +4,10 @@ The result stores state only, the `StreamingStats` of the Jacobian (and Hessian)
 derives every statistic from it (optax's rule). So two results over disjoint data merge
 exactly, and a checkpoint is a result plus progress counters, in the same file format.
 
-**File format** (`.npz`, no pickle): `_header`, a JSON object (names, mode, counters);
-`jac_<field>` and optionally `hess_<field>`, the float64 fields of the accumulators; and
+**File format** (`.npz`, no pickle): `_header`, a JSON object (names, mode, counters, the
+number of replicates); `jac_<field>`, optionally `hess_<field>` and, for a run over
+`R` randomised-QMC replicates, `rep<k>_<field>` for `k < R`, the float64 fields of the
+accumulators; and
 `_checksum`, a SHA-256 over the header and every array's name, dtype, shape and bytes.
 Loading verifies the checksum, the header's types, every array's shape against the names
 and the values an accumulator can hold, and turns any corruption into a `ValueError`
@@ -19,7 +21,9 @@ import hashlib
 import json
 import math
 import os
-from typing import Any, Literal
+import re
+from collections.abc import Mapping
+from typing import Any, Literal, NamedTuple
 
 import equinox as eqx
 import numpy as np
@@ -34,6 +38,7 @@ from .._stats import (
     stats_state_dict,
 )
 from .._validate import check_choice
+from ._sources import parse_problem
 
 FORMAT = "jacsens.SensitivityResult"
 VERSION = 3  # 3: accumulators with per-element power-of-two scales, checksummed
@@ -69,6 +74,11 @@ class SensitivityResult(eqx.Module):
     - `n_omitted`: rows skipped as non-finite (`nan_policy="omit"`).
     - `feature_names`, `output_names`: tuples of `n_in` and `n_out` names.
     - `mode`: the Jacobian mode that was used.
+    - `replicates`: for randomised quasi-Monte Carlo data (`jacsens.sobol`/`halton`), a
+        tuple of one Jacobian `StreamingStats` per independent scramble (their merge is
+        `jac`); else `None`. With replicates, the standard errors of `mean`, `mean_abs`,
+        `dgsm` and `std` are the spread of the replicate estimates over `sqrt(R)` (NaN for
+        `R = 1`), not the i.i.d. formula, which ignores how evenly QMC points fill space.
 
     **Statistics (properties):**
 
@@ -88,6 +98,7 @@ class SensitivityResult(eqx.Module):
     feature_names: tuple[str, ...] = eqx.field(static=True, converter=tuple)
     output_names: tuple[str, ...] = eqx.field(static=True, converter=tuple)
     mode: str = eqx.field(static=True, default="auto")
+    replicates: tuple[StreamingStats, ...] | None = None
 
     def __check_init__(self):
         shape = (len(self.output_names), len(self.feature_names))
@@ -101,6 +112,12 @@ class SensitivityResult(eqx.Module):
             raise TypeError(f"`n_omitted` must be an int, got {self.n_omitted!r}.")
         if self.n_omitted < 0:
             raise ValueError(f"`n_omitted` must be >= 0, got {self.n_omitted}.")
+        if self.replicates is not None:
+            if not isinstance(self.replicates, tuple) or not self.replicates:
+                raise TypeError("`replicates` must be None or a non-empty tuple of states.")
+            for r in self.replicates:
+                if r.shape != shape:
+                    raise ValueError(f"`replicates` must have shape {shape}, got {r.shape}.")
 
     # ---------------------------------------------------------------- statistics
 
@@ -120,13 +137,24 @@ class SensitivityResult(eqx.Module):
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             return np.asarray(getattr(stats, name), np.float64)
 
+    def _se(self, stats: StreamingStats, estimate: str, iid_se: str) -> np.ndarray:
+        """The i.i.d. standard error `iid_se`, or with replicates the spread of the
+        replicate values of `estimate`: `std_r(estimate_r) / sqrt(R)`."""
+        if self.replicates is None:
+            return self._derive(stats, iid_se)
+        values = np.stack([self._derive(r, estimate) for r in self.replicates])
+        R = values.shape[0]
+        if R < 2:
+            return np.full(values.shape[1:], np.nan)
+        return values.std(axis=0, ddof=1) / math.sqrt(R)
+
     @property
     def mean(self) -> np.ndarray:
         return self._derive(self.jac, "mean")
 
     @property
     def mean_se(self) -> np.ndarray:
-        return self._derive(self.jac, "mean_se")
+        return self._se(self.jac, "mean", "mean_se")
 
     @property
     def mean_abs(self) -> np.ndarray:
@@ -134,7 +162,7 @@ class SensitivityResult(eqx.Module):
 
     @property
     def mean_abs_se(self) -> np.ndarray:
-        return self._derive(self.jac, "abs_mean_se")
+        return self._se(self.jac, "abs_mean", "abs_mean_se")
 
     @property
     def dgsm(self) -> np.ndarray:
@@ -142,7 +170,7 @@ class SensitivityResult(eqx.Module):
 
     @property
     def dgsm_se(self) -> np.ndarray:
-        return self._derive(self.jac, "sq_mean_se")
+        return self._se(self.jac, "sq_mean", "sq_mean_se")
 
     @property
     def std(self) -> np.ndarray:
@@ -150,7 +178,7 @@ class SensitivityResult(eqx.Module):
 
     @property
     def std_se(self) -> np.ndarray:
-        return self._derive(self.jac, "std_se")
+        return self._se(self.jac, "std", "std_se")
 
     @property
     def max_abs(self) -> np.ndarray:
@@ -166,6 +194,8 @@ class SensitivityResult(eqx.Module):
 
     def __repr__(self) -> str:
         extra = ", interactions" if self.hess is not None else ""
+        if self.replicates is not None:
+            extra += f", replicates={len(self.replicates)}"
         return (
             f"SensitivityResult(n_out={self.n_out}, n_in={self.n_in}, n={self.n}, "
             f"n_omitted={self.n_omitted}, mode={self.mode!r}{extra})"
@@ -293,6 +323,81 @@ class SensitivityResult(eqx.Module):
             raise ValueError(f"`output_variance` must be > 0, got {var.tolist()}.")
         return width[None, :] ** 2 * self.dgsm / (math.pi**2 * var[:, None])
 
+    def dgsm_normalised(
+        self,
+        bounds: Float[Array, "in 2"] | Any,
+        output_variance: float | Any,
+        output_variance_se: float | Any = 0.0,
+        *,
+        level: float = 0.95,
+    ) -> NormalisedDGSM:
+        """SALib's normalised DGSM, `ν_i (b_i - a_i)² / (π² Var[y])`, with its error.
+
+        For independent uniform inputs `x_i ~ U(a_i, b_i)` this is the upper bound on the
+        total Sobol' index of `sobol_bound` (Sobol' & Kucherenko 2009), and what SALib's
+        `dgsm.analyze` reports as `dgsm`. It applies to uniform inputs only: a problem
+        dict with other `dists` is refused (for other distributions the constant differs:
+        `σ²` in place of `(b - a)²/π²` for a normal input).
+
+        The standard error combines those of `ν` (`dgsm_se`: i.i.d., or randomised QMC
+        with replicates) and of `Var[y]` by the delta method, treating the two estimates
+        as independent, which they are when `Var[y]` comes from another sample (say a
+        plain `jax.vmap(model)` over fresh inputs, or a closed form with `se = 0`):
+        `se = S · sqrt((se_ν / ν)² + (se_V / V)²)`. The interval is `S ± z · se`.
+
+        **Arguments:**
+
+        - `bounds`: `(n_in, 2)` rows `[a_i, b_i]`, or a SALib problem dict (all `unif`;
+            its `names`, if any, must match `feature_names`).
+        - `output_variance`: `Var[y]`, a scalar or one per output `(n_out,)`, `> 0`.
+        - `output_variance_se`: the standard error of `output_variance` (same shape;
+            default 0: exact).
+        - `level`: confidence level of the interval, in `(0, 1)`.
+
+        **Returns:**
+
+        A `NormalisedDGSM` `(value, se, low, high)`, each `(n_out, n_in)` float64, in
+        the units of a Sobol' index (a fraction of `Var[y]`).
+
+        **Raises:**
+
+        `ValueError` naming `bounds` (shape, `low >= high`, non-uniform dists, names that
+        differ from the result's), `output_variance`, `output_variance_se` or `level`.
+        """
+        if isinstance(bounds, Mapping):
+            spec = parse_problem(bounds)
+            if any(d != "unif" for d in spec.dists):
+                raise ValueError(
+                    f"`bounds` is a problem with dists {list(spec.dists)}: the normalised "
+                    "DGSM (b-a)²/π² constant holds for uniform inputs only."
+                )
+            if spec.names is not None and spec.names != self.feature_names:
+                raise ValueError(
+                    f"`bounds` problem names {list(spec.names)} differ from the result's "
+                    f"feature_names {list(self.feature_names)}."
+                )
+            bounds = spec.bounds[:, :2]
+        value = self.sobol_bound(bounds, output_variance)
+        var = np.broadcast_to(np.asarray(output_variance, np.float64), (self.n_out,))
+        var_se = np.asarray(output_variance_se, np.float64)
+        try:
+            var_se = np.broadcast_to(var_se, (self.n_out,))
+        except ValueError as e:
+            raise ValueError(
+                f"`output_variance_se` must be a scalar or have shape ({self.n_out},), "
+                f"got {var_se.shape}."
+            ) from e
+        if np.any(~(var_se >= 0)):
+            raise ValueError(f"`output_variance_se` must be >= 0, got {var_se.tolist()}.")
+        if isinstance(level, bool) or not isinstance(level, float | int) or not 0 < level < 1:
+            raise ValueError(f"`level` must be in (0, 1), got {level!r}.")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel_nu = np.where(self.dgsm > 0, self.dgsm_se / self.dgsm, 0.0)
+        rel = np.sqrt(rel_nu**2 + (var_se / var)[:, None] ** 2)
+        se = value * rel
+        z = _normal_quantile(0.5 + level / 2)
+        return NormalisedDGSM(value, se, value - z * se, value + z * se)
+
     # ---------------------------------------------------------------- combining, files
 
     def merge(self, other: SensitivityResult) -> SensitivityResult:
@@ -313,6 +418,21 @@ class SensitivityResult(eqx.Module):
         if (self.hess is None) != (other.hess is None):
             raise ValueError("Cannot merge a result with interactions and one without.")
         hess = None if self.hess is None else stats_merge(self.hess, other.hess)
+        reps = None
+        if self.replicates is not None or other.replicates is not None:
+            if (
+                self.replicates is None
+                or other.replicates is None
+                or len(self.replicates) != len(other.replicates)
+            ):
+                raise ValueError(
+                    "Cannot merge results with different numbers of QMC replicates; merge "
+                    "two runs over further points of the same scrambles, replicate by "
+                    "replicate."
+                )
+            reps = tuple(
+                stats_merge(a, b) for a, b in zip(self.replicates, other.replicates, strict=True)
+            )
         return SensitivityResult(
             stats_merge(self.jac, other.jac),
             hess,
@@ -320,6 +440,7 @@ class SensitivityResult(eqx.Module):
             self.feature_names,
             self.output_names,
             self.mode if self.mode == other.mode else "mixed",
+            reps,
         )
 
     def _header(self) -> dict[str, Any]:
@@ -331,6 +452,7 @@ class SensitivityResult(eqx.Module):
             "output_names": list(self.output_names),
             "mode": self.mode,
             "interactions": self.hess is not None,
+            "replicates": 0 if self.replicates is None else len(self.replicates),
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -345,7 +467,7 @@ class SensitivityResult(eqx.Module):
         exist.
         """
         path = _npz_path(path, "path")
-        write_file(path, self._header(), self.jac, self.hess)
+        write_file(path, self._header(), self.jac, self.hess, self.replicates)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SensitivityResult:
@@ -358,6 +480,28 @@ class SensitivityResult(eqx.Module):
         """
         header, jac, hess = read_file(path)
         return result_from(header, jac, hess, path)
+
+
+class NormalisedDGSM(NamedTuple):
+    """`SensitivityResult.dgsm_normalised`: value, standard error and interval bounds,
+    each `(n_out, n_in)`."""
+
+    value: np.ndarray
+    se: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+
+def _normal_quantile(p: float) -> float:
+    """The standard normal quantile (bisection on `erf`: no scipy needed)."""
+    lo, hi = -40.0, 40.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
 
 
 def _npz_path(path: Any, argname: str) -> str:
@@ -383,12 +527,18 @@ def _checksum(header_text: str, arrays: dict[str, np.ndarray]) -> str:
 
 
 def write_file(
-    path: str, header: dict[str, Any], jac: StreamingStats, hess: StreamingStats | None
+    path: str,
+    header: dict[str, Any],
+    jac: StreamingStats,
+    hess: StreamingStats | None,
+    replicates: tuple[StreamingStats, ...] | None = None,
 ) -> None:
     """Write `header` and the accumulators atomically as a checksummed `.npz`."""
     arrays = stats_state_dict(jac, "jac_")
     if hess is not None:
         arrays.update(stats_state_dict(hess, "hess_"))
+    for k, r in enumerate(replicates or ()):
+        arrays.update(stats_state_dict(r, f"rep{k}_"))
     text = json.dumps(header, allow_nan=False, sort_keys=True)
     blob = {"_header": np.array(text), "_checksum": np.array(_checksum(text, arrays))}
     atomic_write(path, lambda f: np.savez(f, **blob, **arrays))
@@ -399,7 +549,11 @@ def _reject_constant(name: str) -> Any:
 
 
 def read_file(path: str | os.PathLike) -> tuple[dict[str, Any], StreamingStats, Any]:
-    """Read and verify a file written by `write_file`: `(header, jac, hess or None)`."""
+    """Read and verify a file written by `write_file`: `(header, jac, hess or None)`.
+
+    The replicate accumulators, if any, are returned in the header under the key
+    `"replicate_stats"` (a tuple of states; not part of the JSON), where `result_from`
+    reads them."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No sensitivity result or checkpoint at {path!r}.")
@@ -411,7 +565,8 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, Any], StreamingStats, 
             names = set(z.files)
             if not {"_header", "_checksum"} <= names:
                 raise ValueError("no header or checksum (not a jacsens result file)")
-            if names - expected - {"hess_" + f for f in STATS_FIELDS}:
+            reps = {n for n in names if re.fullmatch(r"rep\d+_\w+", n)}
+            if names - expected - reps - {"hess_" + f for f in STATS_FIELDS}:
                 raise ValueError(f"unexpected entries {sorted(names - expected)}")
             loaded = {k: z[k] for k in names}
     except ValueError as e:
@@ -449,6 +604,18 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, Any], StreamingStats, 
         hess = stats_from_state_dict(loaded, "hess_", (*shape, shape[1])) if has_hess else None
         if hess is not None and hess.n != jac.n:
             raise ValueError("its Jacobian and Hessian statistics count different samples")
+        R = header.get("replicates", 0)
+        if isinstance(R, bool) or not isinstance(R, int) or R < 0:
+            raise ValueError("header field 'replicates' must be an int >= 0")
+        if {k.split("_", 1)[0] for k in loaded if k.startswith("rep")} != {
+            f"rep{k}" for k in range(R)
+        }:
+            raise ValueError(f"its replicate statistics do not match 'replicates' = {R}")
+        if R:
+            reps = tuple(stats_from_state_dict(loaded, f"rep{k}_", shape) for k in range(R))
+            if sum(r.n for r in reps) != jac.n:
+                raise ValueError("its replicates do not add up to its Jacobian statistics")
+            header["replicate_stats"] = reps
     except ValueError as e:
         raise ValueError(f"{path!r} is not an intact jacsens sensitivity file: {e}") from e
     return header, jac, hess
@@ -487,4 +654,5 @@ def result_from(header: dict[str, Any], jac, hess, path: Any) -> SensitivityResu
         tuple(header["feature_names"]),
         tuple(header["output_names"]),
         mode,
+        header.get("replicate_stats"),
     )

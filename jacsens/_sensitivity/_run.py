@@ -9,10 +9,18 @@ float64, in row order. So how the work is split (chunk size, number of devices) 
 the result only by the round-off of the per-chunk reductions: about 1e-7 relative for a
 float32 model with x64 off, float64 round-off for a float64 model. An interrupted and
 resumed run repeats the same chunks and gives the same result as an uninterrupted one.
+
+The chunk loop is shared with `active_subspace` (`_active.py`): what a chunk is reduced to
+on the device and how those reductions accumulate on the host is a `Reduction`
+(`SensitivityReduction` here); planning, chunk sizing, sharding, the out-of-memory
+back-off, non-finite rows and the progress bar are common (`prepare`, `Run`, `execute`).
+Every kernel is also given the global index of each row, so a reduction may draw
+per-row random numbers (bootstrap weights) that do not depend on the chunking.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import os
 from collections.abc import Callable, Sequence
@@ -37,7 +45,7 @@ from .._stats import (
     stats_stack_merge,
     stats_to_host,
 )
-from .._validate import check_choice, check_positive_int
+from .._validate import check_choice, check_positive_int, promote_float
 from ._checkpoint import Checkpoint, check_destination, load_checkpoint, run_identity
 from ._result import SensitivityResult
 from ._sources import AbstractSource, IterableSource, make_source, to_host
@@ -45,46 +53,135 @@ from ._sources import AbstractSource, IterableSource, make_source, to_host
 _NOMINAL_ROWS = 1024  # the batch size the first plan is made for, before the chunk is known
 
 
+# --------------------------------------------------------------------------- reductions
+
+
+class Reduction(eqx.Module):
+    """What each chunk of Jacobians is reduced to, and how reductions accumulate.
+
+    `device` runs inside the jitted kernel on each device's rows; `host` brings one
+    chunk's reduction to the host (merging the per-device parts, stacked along a leading
+    axis, when `stacked`); `fold` adds it to the run's state. Array fields are traced
+    (replicated to every device); the rest is static.
+    """
+
+    @property
+    def hessian(self) -> bool:
+        """Whether `device` needs input Hessians."""
+        return False
+
+    @abc.abstractmethod
+    def device(self, J, H, ok, rows_hi, rows_lo) -> Any:
+        """Reduce the rows where `ok` of `J` `(B, n_out, n_in)` (and `H`); `rows_hi`,
+        `rows_lo` are the rows' global indices, two uint32 words each."""
+
+    @abc.abstractmethod
+    def host(self, out: Any, stacked: bool) -> Any:
+        """One chunk's reduction on the host, in float64."""
+
+    @abc.abstractmethod
+    def fold(self, state: Any, start: int, part: Any) -> Any:
+        """The state after adding `part`, the chunk starting at row `start`."""
+
+    def bytes_per_row(self, plan: Plan) -> float:
+        """Device bytes per row for the reduction's working arrays, beyond the plan's."""
+        return 0.0
+
+
+def _stat_bytes() -> int:
+    return max(jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64)).itemsize, 4)
+
+
+def reduction_dtype(dtype: Any) -> Any:
+    """The dtype chunk reductions run in: at least float32, float64 when x64 is on."""
+    return promote_float(dtype, jnp.float32, jax.dtypes.canonicalize_dtype(jnp.float64))
+
+
+class SensitivityReduction(Reduction):
+    """`StreamingStats` of the Jacobian (and Hessian) entries; with `replicate_rows`, one
+    more state per randomised-QMC replicate (rows `k·replicate_rows` on), so that the
+    replicates give the standard errors. State: `(jac, hess or None, replicates or None)`.
+    """
+
+    interactions: bool = eqx.field(static=True)
+    replicate_rows: int | None = eqx.field(static=True)
+
+    @property
+    def hessian(self) -> bool:
+        return self.interactions
+
+    def device(self, J, H, ok, rows_hi, rows_lo):
+        out = {"jac": stats_from_batch(J, ok)}
+        if H is not None:
+            out["hess"] = stats_from_batch(H, ok)
+        return out
+
+    def host(self, out, stacked):
+        merge = _merge_devices if stacked else stats_to_host
+        return {k: merge(v) for k, v in out.items()}
+
+    def fold(self, state, start, part):
+        jac, hess, reps = state
+        jac = stats_merge(jac, part["jac"])
+        if hess is not None:
+            hess = stats_merge(hess, part["hess"])
+        if reps is not None:
+            k = start // self.replicate_rows  # a chunk never spans two replicates
+            reps = (*reps[:k], stats_merge(reps[k], part["jac"]), *reps[k + 1 :])
+        return jac, hess, reps
+
+    def bytes_per_row(self, plan):
+        # the statistics' working copies (the scaled values, their absolute values,
+        # squares and deviations), and the same for Hessians
+        per_row = 6 * _stat_bytes() * plan.n_out * plan.n_in
+        if self.interactions:
+            item = jnp.dtype(plan.dtype).itemsize
+            per_row += (2 * item + 6 * _stat_bytes()) * plan.n_out * plan.n_in * plan.n_in
+        return per_row
+
+
 # --------------------------------------------------------------------------- the kernel
 
 
-def _local_stats(plan: Plan, model, X, mask, interactions: bool):
+def _local(plan: Plan, model, reduce: Reduction, X, mask, rows_hi, rows_lo):
     B = X.shape[0]
     J = plan.jacobian(model, X).reshape(B, plan.n_out, plan.n_in)
     x_ok = jnp.all(jnp.isfinite(X.reshape(B, -1)), axis=1)
     d_ok = jnp.all(jnp.isfinite(J.reshape(B, -1)), axis=1)
-    if interactions:
+    H = None
+    if reduce.hessian:
         H = plan.hessian(model, X).reshape(B, plan.n_out, plan.n_in, plan.n_in)
         d_ok = d_ok & jnp.all(jnp.isfinite(H.reshape(B, -1)), axis=1)
     ok = mask & x_ok & d_ok
     # 0 = used or padding, 1 = non-finite input, 2 = non-finite derivative
     bad = jnp.where(mask & ~x_ok, 1, jnp.where(mask & ~d_ok, 2, 0)).astype(jnp.int8)
-    out = {"jac": stats_from_batch(J, ok), "bad": bad}
-    if interactions:
-        out["hess"] = stats_from_batch(H, ok)
-    return out
+    return reduce.device(J, H, ok, rows_hi, rows_lo), bad
 
 
 @eqx.filter_jit
-def _chunk_kernel(plan: Plan, model, X, mask, interactions: bool, mesh: Mesh | None):
+def _chunk_kernel(plan: Plan, model, X, mask, rows, reduce: Reduction, mesh: Mesh | None):
     if mesh is None:
-        return _local_stats(plan, model, X, mask, interactions)
-    params, static = eqx.partition(model, eqx.is_array)
+        return _local(plan, model, reduce, X, mask, *rows)
+    params, static = eqx.partition((model, reduce), eqx.is_array)
 
-    def body(params, X, mask):
-        out = _local_stats(plan, eqx.combine(params, static), X, mask, interactions)
-        # one state per device, stacked along the mesh axis; merged on the host
-        return {
-            k: (v if k == "bad" else jax.tree.map(lambda x: x[None], v)) for k, v in out.items()
-        }
+    def body(params, X, mask, rows_hi, rows_lo):
+        model, reduce = eqx.combine(params, static)
+        out, bad = _local(plan, model, reduce, X, mask, rows_hi, rows_lo)
+        # one reduction per device, stacked along the mesh axis; merged on the host
+        return jax.tree.map(lambda x: x[None], out), bad
 
     return jax.shard_map(
         body,
         mesh=mesh,
-        in_specs=(P(), P("batch"), P("batch")),
+        in_specs=(P(), P("batch"), P("batch"), P("batch"), P("batch")),
         out_specs=P("batch"),
         check_vma=False,
-    )(params, X, mask)
+    )(params, X, mask, *rows)
+
+
+def _row_words(start: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    r = np.uint64(start) + np.arange(size, dtype=np.uint64)
+    return (r >> np.uint64(32)).astype(np.uint32), (r & np.uint64(0xFFFFFFFF)).astype(np.uint32)
 
 
 def _put_sharded(X, sharding: NamedSharding):
@@ -97,30 +194,28 @@ def _put_sharded(X, sharding: NamedSharding):
 # --------------------------------------------------------------------------- one run
 
 
-class _Progress(NamedTuple):
+class Progress(NamedTuple):
     """Everything a run has accumulated; replaced whole after each chunk, so an
     interruption never leaves a half-updated state to be saved."""
 
-    jac: StreamingStats
-    hess: StreamingStats | None
+    state: Any  # the reduction's
     rows_done: int
     n_omitted: int
 
 
 @dataclasses.dataclass
-class _Run:
+class Run:
     model: Any
     source: AbstractSource
     mode: AbstractJacobianMode
-    interactions: bool
+    reduce: Reduction
     nan_policy: str
     mesh: Mesh | None
-    feature_names: tuple[str, ...]
-    output_names: tuple[str, ...]
-    checkpoint: str | None
-    checkpoint_every: int
-    identity: dict[str, Any]
-    progress: _Progress
+    make_result: Callable[[Progress], Any]
+    progress: Progress
+    checkpoint: str | None = None
+    checkpoint_every: int = 16
+    identity: dict[str, Any] = dataclasses.field(default_factory=dict)
     bar: Any = None
     chunk_size: int = 0
     _plans: dict[int, Plan] = dataclasses.field(default_factory=dict)
@@ -131,11 +226,8 @@ class _Run:
             self._plans[chunk] = make_plan(self.model, struct, self.mode, argname="data")
         return self._plans[chunk]
 
-    def result(self) -> SensitivityResult:
-        p = self.progress
-        return SensitivityResult(
-            p.jac, p.hess, p.n_omitted, self.feature_names, self.output_names, self.mode.name
-        )
+    def result(self) -> Any:
+        return self.make_result(self.progress)
 
     def save(self) -> None:
         if self.checkpoint is not None:
@@ -159,10 +251,12 @@ class _Run:
             if n_valid not in masks:
                 m = np.arange(chunk) < n_valid
                 masks[n_valid] = m if sharding is None else _put_sharded(m, sharding)
+            rows = _row_words(row, chunk)
             if sharding is not None:
                 X = _put_sharded(X, sharding)
+                rows = tuple(_put_sharded(r, sharding) for r in rows)
             # dispatch this chunk before waiting on the previous one: host merging overlaps
-            out = _chunk_kernel(plan, self.model, X, masks[n_valid], self.interactions, self.mesh)
+            out = _chunk_kernel(plan, self.model, X, masks[n_valid], rows, self.reduce, self.mesh)
             if pending is not None:
                 since_save = self._finish(*pending, since_save)
             pending = (row, n_valid, out)
@@ -170,8 +264,9 @@ class _Run:
         if pending is not None:
             self._finish(*pending, since_save)
 
-    def _finish(self, start: int, n_valid: int, out: dict, since_save: int) -> int:
-        bad = to_host(out["bad"])
+    def _finish(self, start: int, n_valid: int, out: tuple, since_save: int) -> int:
+        out, bad = out
+        bad = to_host(bad)
         bad_rows = np.flatnonzero(bad)
         if bad_rows.size and self.nan_policy == "raise":
             r = int(bad_rows[0])
@@ -180,11 +275,10 @@ class _Run:
                 f"Non-finite {what} in `data`: sample {start + r} (row {r} of the chunk "
                 f"starting at sample {start}). Pass nan_policy='omit' to skip such rows."
             )
-        merge = stats_to_host if self.mesh is None else _merge_devices
         p = self.progress
-        self.progress = _Progress(
-            stats_merge(p.jac, merge(out["jac"])),
-            None if p.hess is None else stats_merge(p.hess, merge(out["hess"])),
+        part = self.reduce.host(out, self.mesh is not None)
+        self.progress = Progress(
+            self.reduce.fold(p.state, start, part),
             start + n_valid,
             p.n_omitted + int(bad_rows.size),
         )
@@ -205,7 +299,7 @@ def _merge_devices(stacked: StreamingStats) -> StreamingStats:
 # --------------------------------------------------------------------------- set-up
 
 
-def _resolve_mesh(devices) -> Mesh | None:
+def resolve_mesh(devices) -> Mesh | None:
     if devices is None:
         return None
     if isinstance(devices, Mesh):
@@ -223,7 +317,7 @@ def _resolve_mesh(devices) -> Mesh | None:
     return Mesh(np.array(devs), ("batch",))
 
 
-def _names(names, count: int, argname: str, default_prefix: str) -> tuple[str, ...]:
+def names_of(names, count: int, argname: str, default_prefix: str) -> tuple[str, ...]:
     if names is None:
         return tuple(f"{default_prefix}{i}" for i in range(count))
     if isinstance(names, str):
@@ -236,7 +330,7 @@ def _names(names, count: int, argname: str, default_prefix: str) -> tuple[str, .
     return names
 
 
-def _base_plan(model, source: AbstractSource, mode) -> Plan:
+def base_plan(model, source: AbstractSource, mode) -> Plan:
     rows = _NOMINAL_ROWS if source.n is None else min(source.n, _NOMINAL_ROWS)
     struct = jax.ShapeDtypeStruct((rows, *source.in_shape), source.dtype)
     try:
@@ -248,42 +342,41 @@ def _base_plan(model, source: AbstractSource, mode) -> Plan:
         raise
 
 
-def _bytes_per_row(plan: Plan, interactions: bool) -> float:
+def _bytes_per_row(plan: Plan, reduce: Reduction) -> float:
     """Estimated peak bytes per row of one chunk: the Jacobian's own peak (from the plan)
-    plus the statistics' working copies of it (promoted to at least float32: the scaled
-    values, their absolute values, squares and deviations), and the same for Hessians."""
-    stat_bytes = max(jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64)).itemsize, 4)
+    plus the reduction's working arrays."""
     probe = 1024
-    per_row = plan.peak_bytes(probe) / probe + 6 * stat_bytes * plan.n_out * plan.n_in
-    if interactions:
-        item = jnp.dtype(plan.dtype).itemsize
-        per_row += (2 * item + 6 * stat_bytes) * plan.n_out * plan.n_in * plan.n_in
-    return per_row
+    return plan.peak_bytes(probe) / probe + reduce.bytes_per_row(plan)
 
 
-def _chunk_rows(
+def chunk_rows(
     chunk_size: int | Literal["auto"],
     plan: Plan,
     source: AbstractSource,
     mesh: Mesh | None,
-    interactions: bool,
+    reduce: Reduction,
 ) -> int:
+    """The chunk size a run starts with (see `sensitivity`'s `chunk_size`); never more
+    rows than one randomised-QMC replicate holds."""
     n_dev = 1 if mesh is None else int(mesh.shape["batch"])
+    n_rows = getattr(source, "replicate_rows", None) or source.n
     if chunk_size == "auto":
         device = None if mesh is None else mesh.devices.flat[0]
         if isinstance(source, IterableSource):
             source.prefetch(_NOMINAL_ROWS)  # short streams: their length becomes known
-        per_dev = None if source.n is None else -(-source.n // n_dev)
-        rows = auto_chunk_size(_bytes_per_row(plan, interactions), per_dev, memory_budget(device))
+            n_rows = source.n
+        per_dev = None if n_rows is None else -(-n_rows // n_dev)
+        rows = auto_chunk_size(_bytes_per_row(plan, reduce), per_dev, memory_budget(device))
         return rows * n_dev
     if isinstance(source, IterableSource):
         source.prefetch(chunk_size)  # a stream shorter than one chunk: no padding beyond it
-    if source.n is not None:
-        chunk_size = min(chunk_size, source.n)
+        n_rows = source.n
+    if n_rows is not None:
+        chunk_size = min(chunk_size, n_rows)
     return -(-chunk_size // n_dev) * n_dev
 
 
-def _check_chunk_size(chunk_size: Any) -> int | Literal["auto"]:
+def check_chunk_size(chunk_size: Any) -> int | Literal["auto"]:
     if chunk_size == "auto" and isinstance(chunk_size, str):
         return "auto"
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer):
@@ -426,28 +519,30 @@ def sensitivity(
     or the same file); each process computes only the rows of its own devices, and the
     per-device states are gathered to every process and merged there.
     """
-    chunk_size = _check_chunk_size(chunk_size)
+    chunk_size = check_chunk_size(chunk_size)
     checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every", allow_none=False)
     get_mode(mode)  # an unknown mode is an error before any data are read
     check_choice(nan_policy, "nan_policy", ("raise", "omit"))
     if not isinstance(interactions, bool):
         raise TypeError(f"`interactions` must be a bool, got {interactions!r}.")
-    mesh = _resolve_mesh(devices)
+    mesh = resolve_mesh(devices)
     if checkpoint is not None:
         checkpoint = check_destination(checkpoint, "checkpoint")
 
     source = make_source(data)
-    plan = _base_plan(model, source, mode)
-    if feature_names is None and source.feature_names is not None:
-        if len(source.feature_names) == plan.n_in:
-            feature_names = source.feature_names
-    feature_names = _names(feature_names, plan.n_in, "feature_names", "x")
+    plan = base_plan(model, source, mode)
+    feature_names = feature_names_of(feature_names, source, plan)
     if output_names is None and not plan.out_shape:
         output_names = ("y",)
-    output_names = _names(output_names, plan.n_out, "output_names", "y")
+    output_names = names_of(output_names, plan.n_out, "output_names", "y")
 
-    hess = stats_init((plan.n_out, plan.n_in, plan.n_in)) if interactions else None
-    state = _Progress(stats_init((plan.n_out, plan.n_in)), hess, 0, 0)
+    shape = (plan.n_out, plan.n_in)
+    replicate_rows = getattr(source, "replicate_rows", None)
+    reps = None
+    if replicate_rows is not None:
+        reps = tuple(stats_init(shape) for _ in range(-(-source.n // replicate_rows)))
+    hess = stats_init((*shape, plan.n_in)) if interactions else None
+    state = Progress((stats_init(shape), hess, reps), 0, 0)
     identity: dict[str, Any] = {}
     if checkpoint is not None:
         # hashed only when checkpointing: the model's parameters and the data's contents
@@ -457,39 +552,74 @@ def sensitivity(
         if os.path.exists(checkpoint):
             ck, mode, chunk_size = _resume(checkpoint, identity, mode, chunk_size)
             r = ck.result
-            state = _Progress(r.jac, r.hess, ck.rows_done, r.n_omitted)
-    source.release(state.rows_done)
-    chunk = _chunk_rows(chunk_size, plan, source, mesh, interactions)
-    # the mode is fixed for the whole run (a back-off to smaller chunks keeps it)
-    mode_obj = make_plan(
-        model,
-        jax.ShapeDtypeStruct((chunk, *source.in_shape), source.dtype),
-        mode,
-        argname="data",
-    ).mode
-    run = _Run(
+            state = Progress((r.jac, r.hess, r.replicates), ck.rows_done, r.n_omitted)
+    reduce = SensitivityReduction(interactions, replicate_rows)
+
+    def make_result(p: Progress) -> SensitivityResult:
+        jac, hess, reps = p.state
+        return SensitivityResult(
+            jac, hess, p.n_omitted, feature_names, output_names, run.mode.name, reps
+        )
+
+    run = Run(
         model=model,
         source=source,
-        mode=mode_obj,
-        interactions=interactions,
+        mode=get_mode(mode),  # resolved for the chunk size in `execute`
+        reduce=reduce,
         nan_policy=nan_policy,
         mesh=mesh,
-        feature_names=feature_names,
-        output_names=output_names,
+        make_result=make_result,
+        progress=state,
         checkpoint=checkpoint,
         checkpoint_every=checkpoint_every,
         identity=identity,
-        progress=state,
-        chunk_size=chunk,
     )
+    execute(run, plan, chunk_size, progress, "sensitivity")
+    if run.progress.state[0].n == 0:
+        raise ValueError(
+            f"No usable samples in `data`: all {run.progress.n_omitted} rows had non-finite values."
+        )
+    return run.result()
+
+
+def feature_names_of(names: Any, source: AbstractSource, plan: Plan) -> tuple[str, ...]:
+    """`feature_names` as given, else the data's own (a DataFrame's columns, a problem's
+    `names`) when their count fits, else `x0, x1, ...`."""
+    if names is None and source.feature_names is not None:
+        if len(source.feature_names) == plan.n_in:
+            names = source.feature_names
+    return names_of(names, plan.n_in, "feature_names", "x")
+
+
+def execute(
+    run: Run,
+    plan: Plan,
+    chunk_size: int | Literal["auto"],
+    progress: bool,
+    desc: str,
+) -> None:
+    """Size the chunk, fix the mode for it, and stream every remaining row through
+    `run`, halving the chunk on out-of-memory errors; saves the checkpoint (if any) on
+    interruption and at the end."""
+    source, mesh = run.source, run.mesh
+    source.release(run.progress.rows_done)
+    chunk = chunk_rows(chunk_size, plan, source, mesh, run.reduce)
+    # the mode is fixed for the whole run (a back-off to smaller chunks keeps it)
+    run.mode = make_plan(
+        run.model,
+        jax.ShapeDtypeStruct((chunk, *source.in_shape), source.dtype),
+        run.mode,
+        argname="data",
+    ).mode
+    run.chunk_size = chunk
     n_dev = 1 if mesh is None else int(mesh.shape["batch"])
     run.bar = progress_bar(
         progress,
         total=source.n,
-        initial=state.rows_done,
+        initial=run.progress.rows_done,
         unit="samples",
         unit_scale=True,
-        desc="sensitivity",
+        desc=desc,
     )
     try:
         run_with_backoff(run.stream, chunk, minimum=n_dev, what="chunk_size")
@@ -503,8 +633,3 @@ def sensitivity(
     run.save()
     if run.progress.rows_done == 0:
         raise ValueError("`data` is empty: its batches hold 0 samples.")
-    if run.progress.jac.n == 0:
-        raise ValueError(
-            f"No usable samples in `data`: all {run.progress.n_omitted} rows had non-finite values."
-        )
-    return run.result()

@@ -8,15 +8,18 @@ be read again (a stream then drops them).
 
 What a `data` argument means (`make_source`):
 
-- a sampler (`jacsens.uniform`, `jacsens.normal`): rows drawn on the device, each from its
-  own key;
+- a sampler (`jacsens.uniform`, `jacsens.normal`, `jacsens.from_problem`): rows drawn on
+  the device, each from its own key;
+- a quasi-random sampler (`jacsens.sobol`, `jacsens.halton`, see `_qmc`): rows generated on
+  the host by index, in replicates (independent scrambles), a block never spanning two;
 - a numpy array (`np.memmap` included, read block by block) or a jax array, `(N, *in)`;
 - an array-like read as ONE array of rows: a list or tuple (of rows, or of numbers for a
   scalar-input model), a pandas `DataFrame` (its column labels become the feature names)
   or `Series` (one column), or any object with `__array__`;
 - an iterator (a generator, `iter(list_of_batches)`, a data loader) or any other iterable
   that is not a sequence: a stream of batches `(B_k, *in)` of any sizes;
-- a `dict` is refused: its meaning (a SALib-style problem, columns by name) is ambiguous.
+- a `dict` is refused: its meaning (a SALib-style problem, columns by name) is ambiguous;
+  a SALib problem dict describes a distribution: pass it to `jacsens.from_problem`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import hashlib
 import math
 import sys
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import equinox as eqx
 import jax
@@ -221,7 +224,9 @@ def uniform(
 
     - `bounds`: `(in, 2)` array of `[low, high]` rows, one per input feature (or
         `(*in_shape, 2)` for multi-dimensional inputs; a single `[low, high]` of shape
-        `(2,)` for a model with scalar input, `in_shape = ()`). Every `low < high`.
+        `(2,)` for a model with scalar input, `in_shape = ()`). Every `low < high`. Or a
+        SALib problem dict whose `dists` are all `unif` (or absent): its `names` become
+        the feature names (see `jacsens.from_problem`).
     - `n`: number of samples.
     - `key`: a JAX PRNG key.
     - `dtype`: sample dtype (default: JAX's default float).
@@ -232,10 +237,19 @@ def uniform(
 
     **Raises:**
 
-    `TypeError` naming `bounds` if it holds anything but real numbers (strings included);
+    `ValueError` for a problem dict with other `dists`; `TypeError` naming `bounds` if
+    it holds anything but real numbers (strings included);
     `ValueError` naming `bounds` if its last axis is not 2, an entry is not finite, or
     `low >= high`; naming `n` if it is not a positive int.
     """
+    if isinstance(bounds, Mapping):
+        spec = parse_problem(bounds)
+        if any(d != "unif" for d in spec.dists):
+            raise ValueError(
+                f"`bounds` is a SALib problem with dists {list(spec.dists)}; "
+                "jacsens.uniform draws only 'unif': use jacsens.from_problem(problem, n, key)."
+            )
+        return from_problem(bounds, n, key, dtype=dtype)
     n = _check_n(n)
     key = _as_key(key)
     dtype = _float_dtype(dtype)
@@ -306,6 +320,211 @@ def normal(
     return Normal(n, tuple(m.shape), dtype, key, jnp.asarray(m, dtype), jnp.asarray(s, dtype))
 
 
+# --------------------------------------------------------------------------- SALib problems
+
+# SALib's names for the marginal distributions a problem dict may give in `dists`, in the
+# order of their codes. Every kind is drawn as `x = T(u, z)` from one uniform `u` and one
+# standard normal `z` per feature, with per-feature parameters `(p0, p1, p2)` prepared on
+# the host so that no branch of the transform sees invalid values (see `marginal_transform`).
+DISTS = ("unif", "logunif", "norm", "lognorm", "triang")
+_UNIF, _LOGUNIF, _NORM, _LOGNORM, _TRIANG = range(len(DISTS))
+
+
+class Problem(NamedTuple):
+    """A parsed SALib problem: `names` (or None), `dists` (a SALib name per feature), the
+    raw `bounds` `(d, 3)` (unused entries 0) and the transform parameters `params`
+    `(d, 3)` with their `codes` `(d,)`."""
+
+    names: tuple[str, ...] | None
+    dists: tuple[str, ...]
+    bounds: np.ndarray
+    codes: np.ndarray
+    params: np.ndarray
+
+    @property
+    def num_vars(self) -> int:
+        return len(self.dists)
+
+
+def _problem_row(i: int, dist: str, row: np.ndarray) -> np.ndarray:
+    """The transform parameters of feature `i` (see `marginal_transform`), checked as SALib
+    checks them; errors name `problem['bounds'][i]`."""
+    where = f"`problem['bounds'][{i}]` ({dist})"
+    want = 3 if dist == "triang" else 2
+    if row.shape != (want,):
+        hint = (
+            " SALib's deprecated two-value triang [end, peak] is not read: give "
+            "[start, end, peak fraction]."
+            if dist == "triang"
+            else ""
+        )
+        raise ValueError(f"{where} must have {want} numbers, got {row.tolist()}.{hint}")
+    if not np.all(np.isfinite(row)):
+        raise ValueError(f"{where} must be finite, got {row.tolist()}.")
+    a, b = float(row[0]), float(row[1])
+    if dist == "unif":
+        if not a < b:
+            raise ValueError(f"{where} is [low, high] with low < high, got {row.tolist()}.")
+        return np.array([a, b - a, 0.0])
+    if dist == "logunif":
+        if not 0 < a < b:
+            raise ValueError(f"{where} is [low, high] with 0 < low < high, got {row.tolist()}.")
+        return np.array([math.log(a), math.log(b) - math.log(a), 0.0])
+    if dist in ("norm", "lognorm"):
+        if not b > 0:
+            what = "[mean, sd]" if dist == "norm" else "[ln-space mean, ln-space sd]"
+            raise ValueError(f"{where} is {what} with sd > 0, got {row.tolist()}.")
+        return np.array([a, b, 0.0])
+    c = float(row[2])  # triang: [start, end, peak as a fraction of end - start]
+    if not (a < b and 0 <= c <= 1):
+        raise ValueError(
+            f"{where} is [start, end, peak fraction] with start < end and 0 <= peak <= 1, "
+            f"got {row.tolist()}."
+        )
+    return np.array([a, b - a, c])
+
+
+def parse_problem(problem: Mapping) -> Problem:
+    """Read and check a SALib problem dict (`num_vars`, `bounds`, optional `names`, `dists`).
+
+    **Raises:**
+
+    `ValueError`/`TypeError` naming the key (`problem['bounds'][i]` for one feature) for a
+    missing key, a count that disagrees with `num_vars`, a distribution jacsens cannot draw
+    (anything but `unif`, `logunif`, `norm`, `lognorm`, `triang`) or parameters SALib
+    would refuse.
+    """
+    if not isinstance(problem, Mapping):
+        raise TypeError(f"`problem` must be a SALib problem dict, got {type(problem).__name__}.")
+    if "bounds" not in problem:
+        raise ValueError("`problem` must have a 'bounds' entry (one row per input).")
+    rows = list(problem["bounds"])
+    d = problem.get("num_vars", len(rows))
+    if isinstance(d, bool) or not isinstance(d, int | np.integer) or d < 1:
+        raise ValueError(f"`problem['num_vars']` must be a positive int, got {d!r}.")
+    if len(rows) != d:
+        raise ValueError(f"`problem['bounds']` must have num_vars={d} rows, got {len(rows)}.")
+    names = problem.get("names")
+    if names is not None:
+        if isinstance(names, str) or len(names) != d:
+            raise ValueError(f"`problem['names']` must be {d} names, got {names!r:.80}.")
+        names = tuple(str(v) for v in names)
+    dists = problem.get("dists")
+    dists = ("unif",) * d if dists is None else tuple(dists)
+    if len(dists) != d:
+        raise ValueError(f"`problem['dists']` must have {d} entries, got {len(dists)}.")
+    bad = [x for x in dists if x not in DISTS]
+    if bad:
+        raise ValueError(
+            f"`problem['dists']` has {bad[0]!r}; jacsens draws {', '.join(DISTS)} (SALib's names)."
+        )
+    raw = np.zeros((d, 3))
+    params = np.zeros((d, 3))
+    for i, (dist, row) in enumerate(zip(dists, rows, strict=True)):
+        r = _as_float64(row, f"problem['bounds'][{i}]").reshape(-1)
+        raw[i, : r.size] = r[:3]
+        params[i] = _problem_row(i, dist, r)
+    codes = np.array([DISTS.index(x) for x in dists], np.int32)
+    return Problem(names, dists, raw, codes, params)
+
+
+def marginal_transform(xp: Any, codes: Any, params: Any, u: Any, z: Any) -> Any:
+    """`x = T(u, z)` feature by feature: `u` uniform on (0, 1), `z` standard normal (only
+    `norm`/`lognorm` read `z`); `xp` is `numpy` or `jax.numpy`, arrays `(..., d)`.
+
+    unif `p0 + p1·u`; logunif `exp(p0 + p1·u)`; norm `p0 + p1·z`; lognorm `exp(p0 + p1·z)`;
+    triang, the inverse CDF of the triangle on `[p0, p0 + p1]` with its peak at the fraction
+    `c = p2`: `p0 + p1·sqrt(c·u)` for `u < c`, else `p0 + p1·(1 - sqrt((1-c)(1-u)))`.
+    """
+    p0, p1, c = params[:, 0], params[:, 1], params[:, 2]
+    normal_kind = (codes == _NORM) | (codes == _LOGNORM)
+    lin = p0 + p1 * xp.where(normal_kind, z, u)
+    log_kind = (codes == _LOGUNIF) | (codes == _LOGNORM)
+    # the where's other branch may overflow to inf for linear kinds: it is not selected
+    x = xp.where(log_kind, xp.exp(xp.where(log_kind, lin, 0 * lin)), lin)
+    one = xp.ones_like(u)
+    left = p0 + p1 * xp.sqrt(c * u)
+    right = p0 + p1 * (one - xp.sqrt((one - c) * (one - u)))
+    return xp.where(codes == _TRIANG, xp.where(u < c, left, right), x)
+
+
+class Marginals(AbstractSampler):
+    """Independent inputs with SALib marginals (see `jacsens.from_problem`)."""
+
+    codes: Array
+    params: Array
+    feature_names: tuple[str, ...] | None = eqx.field(static=True)
+
+    name: ClassVar[str] = "marginals"
+
+    def _params(self):
+        return (self.codes, self.params)
+
+    @staticmethod
+    def _sample(key, shape, dtype, codes, params):
+        ku, kz = jax.random.split(key)
+        u = jax.random.uniform(ku, shape, dtype)
+        z = jax.random.normal(kz, shape, dtype)
+        return marginal_transform(jnp, codes, params, u, z)
+
+
+def from_problem(
+    problem: Mapping,
+    n: int,
+    key: PRNGKeyArray,
+    *,
+    method: Literal["random", "sobol", "halton"] = "random",
+    replicates: int = 8,
+    dtype: Any = None,
+) -> Any:
+    """Inputs distributed as a SALib problem dict describes them.
+
+    **Arguments:**
+
+    - `problem`: a SALib problem, `{"num_vars": d, "names": [...], "bounds": [...],
+        "dists": [...]}` (`names` and `dists` optional; `dists` defaults to all `unif`).
+        Per feature, `bounds` means what it means in SALib: `unif` `[low, high]`;
+        `logunif` `[low, high]` (0 < low); `norm` `[mean, sd]`; `lognorm` `[ln-space
+        mean, ln-space sd]` (`x = exp(mean + sd·z)`); `triang` `[start, end, peak]` with
+        the peak a fraction of `end - start` in `[0, 1]`. Others (`truncnorm`, ...) raise.
+    - `n`: total number of samples.
+    - `key`: a JAX PRNG key.
+    - `method`: `"random"` (default; pseudo-random, drawn on the device from one key per
+        row, any `n`), `"sobol"` or `"halton"` (scrambled quasi-random points from
+        `scipy.stats.qmc` in `replicates` independent scrambles, see `jacsens.sobol`).
+    - `replicates`: number of independent scrambles for the quasi-random methods (ignored
+        for `"random"`).
+    - `dtype`: sample dtype (default: JAX's default float).
+
+    **Returns:**
+
+    A sampler to pass as `data` to `jacsens.sensitivity` or `jacsens.active_subspace`;
+    the problem's `names` become the feature names.
+
+    **Raises:**
+
+    `ValueError` naming the problem key at fault (see `parse_problem`), `n`, `method`
+    or `replicates`.
+    """
+    spec = parse_problem(problem)
+    if method != "random":
+        from ._qmc import qmc_sampler
+
+        return qmc_sampler(spec, n, key, method, replicates, dtype)
+    n = _check_n(n)
+    key = _as_key(key)
+    dtype = _float_dtype(dtype)
+    return Marginals(
+        n,
+        (spec.num_vars,),
+        dtype,
+        key,
+        jnp.asarray(spec.codes),
+        jnp.asarray(spec.params, dtype),
+        spec.names,
+    )
+
+
 # --------------------------------------------------------------------------- sources
 
 
@@ -341,6 +560,7 @@ class SamplerSource(AbstractSource):
     def __init__(self, sampler: AbstractSampler):
         self.sampler = sampler
         self.in_shape, self.dtype, self.n = sampler.in_shape, sampler.dtype, sampler.n
+        self.feature_names = getattr(sampler, "feature_names", None)
 
     def read(self, start, size):
         return self.sampler.rows(start, size), max(0, min(size, self.n - start))
@@ -538,6 +758,10 @@ def make_source(data: Any) -> AbstractSource:
     """The source of a `data` argument of `sensitivity` (see the module docstring)."""
     if isinstance(data, AbstractSampler):
         return SamplerSource(data)
+    from ._qmc import QMCSampler, QMCSource  # imports this module
+
+    if isinstance(data, QMCSampler):
+        return QMCSource(data)
     if isinstance(data, np.ndarray | jax.Array):
         return ArraySource(data)
     if _pandas_type(data, "DataFrame"):
@@ -547,8 +771,8 @@ def make_source(data: Any) -> AbstractSource:
     if isinstance(data, Mapping):
         raise TypeError(
             "`data` must be an array, an array-like of rows, an iterator of batches or a "
-            "sampler, got a dict. (A SALib-style problem dict describes a distribution: use "
-            "jacsens.uniform(bounds, n, key); columns by name: pass a pandas DataFrame.)"
+            "sampler, got a dict. (A SALib problem dict describes a distribution: use "
+            "jacsens.from_problem(problem, n, key); columns by name: pass a pandas DataFrame.)"
         )
     if isinstance(data, list | tuple):
         try:
