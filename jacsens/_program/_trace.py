@@ -453,6 +453,8 @@ class _Context:
     last_use: dict[Var, int]
     dep: set[Var]
     widths: list[int]
+    # pruning asks for the same segments under many cut sets
+    _infos: dict[tuple[int, int], SegmentInfo] = dataclasses.field(default_factory=dict)
 
     def live(self, p: int) -> tuple[tuple[Var, ...], tuple[Var, ...]]:
         """The float and the non-float input-dependent values live at position `p`
@@ -473,9 +475,13 @@ class _Context:
         return (self.out_dep, ()) if p == len(self.eqns) else self.live(p)
 
     def info(self, a: int, b: int) -> SegmentInfo:
-        ins, _ = self.live_in(a)
-        outs, _ = self.live_out(b)
-        return _segment_info(self.eqns[a:b], ins, outs, self.dep, self.widths[a : b + 1])
+        if (a, b) not in self._infos:
+            ins, _ = self.live_in(a)
+            outs, _ = self.live_out(b)
+            self._infos[(a, b)] = _segment_info(
+                self.eqns[a:b], ins, outs, self.dep, self.widths[a : b + 1]
+            )
+        return self._infos[(a, b)]
 
     def infos(self, positions: Sequence[int]) -> tuple[SegmentInfo, ...]:
         bounds = [0, *positions, len(self.eqns)]
@@ -577,7 +583,7 @@ def _elementwise_eqn(eqn: Any, shape: tuple[int, ...], dep: set[Var] | None) -> 
     name = eqn.primitive.name
     if name in _ELEMENTWISE:
         return True
-    if name in ("custom_jvp_call", "custom_vjp_call", "jit", "pjit", "closed_call", "remat"):
+    if name in ("custom_jvp_call", "custom_vjp_call", "jit", "pjit", "closed_call", "checkpoint"):
         return all(_elementwise_jaxpr(j, shape) for j in _subjaxprs(eqn))
     return False
 
