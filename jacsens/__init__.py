@@ -39,6 +39,8 @@ from ._modes import (
 from ._program._chain import ChainError as ChainError, read_chain as read_chain
 from ._sensitivity import (
     AbstractSampler as Sampler,
+    ActiveSubspaceResult as ActiveSubspaceResult,
+    active_subspace as active_subspace,
     NormalisedDGSM as NormalisedDGSM,
     QMCSampler as QMCSampler,
     SensitivityResult as SensitivityResult,

@@ -10,6 +10,8 @@ the standard deviation and the max, each mean with its Monte Carlo standard erro
 - `_sources.py`: arrays, array-likes, streams of batches and samplers
   (`AbstractSampler` → `Uniform`, `Normal`, `Marginals`); SALib problem dicts
   (`from_problem`).
+- `_active.py`: `active_subspace()`, `E[Jᵀ M J]` through the same chunk loop, with a
+  Poisson bootstrap over rows.
 - `_qmc.py`: randomised quasi-Monte Carlo samplers (`sobol`, `halton`) in independent
   scrambles, whose spread gives the standard errors.
 - `_checkpoint.py`: a checkpoint is a result plus progress counters and the run's
@@ -17,6 +19,10 @@ the standard deviation and the max, each mean with its Monte Carlo standard erro
 - `_run.py`: `sensitivity()`: plan once, one jitted chunk kernel, accumulate.
 """
 
+from ._active import (
+    ActiveSubspaceResult as ActiveSubspaceResult,
+    active_subspace as active_subspace,
+)
 from ._checkpoint import model_fingerprint as model_fingerprint
 from ._qmc import QMCSampler as QMCSampler, halton as halton, sobol as sobol
 from ._result import NormalisedDGSM as NormalisedDGSM, SensitivityResult as SensitivityResult
