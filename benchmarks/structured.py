@@ -41,7 +41,8 @@ import numpy as np
 
 import jacsens
 from jacsens._atomic import atomic_write_json
-from jacsens._program._segments import plan_bracketing, program_costs, segments_jacobian
+from jacsens._program._bracket import plan_bracketing, program_costs
+from jacsens._program._segments import segments_jacobian
 from jacsens._program._trace import model_leaves, trace_program
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -48,6 +48,8 @@ class JacobianCost:
             rows.append(
                 f"{m:<10}{self.flops[m] / 1e9:>12.4g}{self.bytes[m] / 1e6:>12.4g}{t:>12}{mark}"
             )
+        if self.order:
+            rows.append(f"order of the products: {self.order}")
         if self.seconds and self.device:
             rows.append(f"(estimated times: roofline model of a typical {self.device})")
         return "\n".join(rows)

@@ -179,7 +179,8 @@ def crosscheck(
     A `CrosscheckReport`.
     """
     X = as_float_array(X, "X")
-    plan = make_plan(model, X, None)
+    with jax.enable_x64(True):  # the plan of the float64 copy that is checked
+        plan = make_plan(_to_f64(model), jax.ShapeDtypeStruct(X.shape, jnp.float64), None)
     for name, value in (("rtol", rtol), ("fd_rtol", fd_rtol)):
         if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
             raise ValueError(f"`{name}` must be a non-negative number, got {value!r}.")

@@ -26,8 +26,9 @@ from ._cost import (
 )
 from ._kernel import jacobian_recursion
 from ._order import chain_product, optimal_order
+from ._program._bracket import Materialise, plan_bracketing, program_costs
 from ._program._chain import ChainError, chain_forward, read_chain
-from ._program._segments import Materialise, plan_bracketing, program_costs, segments_jacobian
+from ._program._segments import segments_jacobian
 from ._program._trace import model_leaves
 
 if TYPE_CHECKING:

@@ -34,8 +34,8 @@ from ._batching import map_chunks
 from ._cost import DeviceModel, JacobianCost, device_model
 from ._modes import MODES, AbstractJacobianMode, Auto, Segments, get_mode
 from ._order import optimal_order
+from ._program._bracket import plan_bracketing
 from ._program._chain import ChainError, ChainSpec, read_chain, structure_key
-from ._program._segments import plan_bracketing
 from ._program._trace import Program, trace_program
 from ._validate import promote_float
 

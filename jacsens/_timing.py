@@ -19,8 +19,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from . import _modes
+
 PLAIN = ("plain_rev", "plain_fwd")
-MODES = ("rev", "fwd", "chain", "auto")
+# every mode `auto` may choose from, and `auto` itself
+MODES = (*(name for name, cls in _modes.MODES.items() if cls.auto_rank is not None), "auto")
 
 
 def time_interleaved(
@@ -95,7 +98,7 @@ def _contenders(model: Any, X: jax.Array) -> dict[str, Callable[[], Any]]:
 
 
 def bench_jacobian(quick: bool = True) -> dict[str, Any]:
-    """Time `input_jacobian` in modes rev, fwd, chain and auto against plain
+    """Time `input_jacobian` in every mode `auto` chooses from, and auto, against plain
     `jax.jit(jax.vmap(jax.jacrev(model)))` and `jax.jacfwd` on four float32 MLPs.
 
     **Arguments:**
@@ -119,7 +122,7 @@ def bench_jacobian(quick: bool = True) -> dict[str, Any]:
         medians = {
             k: statistics.median(v) if isinstance(v, list) else None for k, v in samples.items()
         }
-        timed = {m: medians[m] for m in ("rev", "fwd", "chain") if medians[m] is not None}
+        timed = {m: medians[m] for m in MODES if m != "auto" and medians[m] is not None}
         out = 1 if n_out == "scalar" else n_out
         cases.append(
             {

@@ -19,7 +19,7 @@ from helpers import init_model, rel_err
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import jacsens
-from jacsens._program._segments import (
+from jacsens._program._bracket import (
     Materialise,
     _all_plans,
     _Model,
@@ -28,8 +28,8 @@ from jacsens._program._segments import (
     all_bracketings,
     plan_bracketing,
     program_costs,
-    segments_jacobian,
 )
+from jacsens._program._segments import segments_jacobian
 from jacsens._program._trace import SegmentInfo, model_leaves, trace_program
 
 TOL = {jnp.dtype(jnp.float32): 1e-5, jnp.dtype(jnp.float64): 1e-12}

@@ -32,6 +32,8 @@ import jax.extend as jex
 import jax.numpy as jnp
 import numpy as np
 
+from ._bracket import prune_cuts
+
 Var = Any  # jax.extend.core.Var (kept loose: the type moved between JAX versions)
 
 # Elementwise primitives (the output element i depends on operand elements i only): a run
@@ -248,7 +250,7 @@ def trace_program(
     The live-width profile is taken between the top-level input-dependent equations.
     Candidate cuts are its local minima (a plateau counts by both its ends) strictly below
     `min(n, m)`; at most 12, the narrowest. With `cuts="auto"` they are then pruned with the
-    bracketing cost model (`_segments.prune_cuts`, batch of 32 on `device`): a cut that no
+    bracketing cost model (`_bracket.prune_cuts`, batch of 32 on `device`): a cut that no
     optimal bracketing uses, or whose removal costs less than 2% of the estimated time, is
     dropped, so a model without a useful narrow point is one segment.
 
@@ -386,8 +388,6 @@ def trace_program(
             raise ValueError(f"cuts: expected 'auto', 'candidates' or positions, got {cuts!r}.")
         positions = list(candidates)
         if cuts == "auto" and positions:
-            from ._segments import prune_cuts
-
             positions = list(prune_cuts(lambda ps: ctx.infos(ps), positions, device))
     else:
         positions = sorted({int(p) for p in cuts})
