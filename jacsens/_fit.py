@@ -14,6 +14,7 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._losses import LossFn, get_loss
+from ._plan import make_plan
 from ._progress import progress_bar
 from ._validate import (
     as_float_array,
@@ -21,7 +22,6 @@ from ._validate import (
     check_positive_int,
     check_same_batch,
     check_targets,
-    sample_shapes,
 )
 
 Callback = Callable[[int, Any, "History"], "bool | None"]
@@ -220,7 +220,7 @@ def _check_finite(A: jax.Array, argname: str) -> None:
 
 def _check_targets(model, X, Y, loss, loss_fn: LossFn, xname: str, yname: str):
     check_same_batch(X, Y, xname, yname)
-    _, out_shape, _ = sample_shapes(model, X, xname)
+    out_shape = make_plan(model, X, None, argname=xname).out_shape
     check_targets(loss, Y, out_shape, yname)
     try:
         out = jax.eval_shape(

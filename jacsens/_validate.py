@@ -6,7 +6,7 @@ what was given. Checks look at shapes and dtypes only, so they run unchanged und
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import jax
@@ -75,15 +75,6 @@ def promote_float(*dtypes: Any) -> Any:
     rule of the whole package, applied explicitly, so it holds under strict promotion)."""
     with jax.numpy_dtype_promotion("standard"):
         return jnp.dtype(jnp.result_type(*[jnp.dtype(d) for d in dtypes]))
-
-
-def sample_shapes(model: Callable, X: jax.Array, argname: str = "X"):
-    """`(in_shape, out_shape, chain)`: a transitional shim over `make_plan` for modules not
-    yet moved to plans (`chain` is the chain's structure or `None`)."""
-    from ._plan import make_plan  # transitional: removed when every caller uses plans
-
-    plan = make_plan(model, X, None, argname=argname)
-    return plan.in_shape, plan.out_shape, plan.chain
 
 
 def check_same_batch(X: jax.Array, Y: jax.Array, xname: str = "X", yname: str = "Y") -> None:
