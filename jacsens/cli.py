@@ -606,7 +606,26 @@ def cmd_analyze(args) -> int:
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
 
-            fig = result.plot(kind="bar")
+            # The figure says what it shows: model, its score on which rows, the data.
+            rec = outcome.record
+            spec = rec.model
+            model_text = spec["class"]
+            if "widths" in spec:
+                n_out = 1 if spec["out_size"] == "scalar" else spec["out_size"]
+                sizes = [spec["in_size"], *spec["widths"], n_out]
+                model_text = f"MLP {'-'.join(map(str, sizes))} ({spec['activation']})"
+            if "test_r2" in rec.metrics:
+                score = f"test R² = {rec.metrics['test_r2']:.3f} on {rec.training['n_test']} "
+                score += "held-out rows"
+            else:
+                score = f"R² = {rec.metrics['r2_all_rows']:.3f} on all rows (fitted elsewhere)"
+            source = os.path.basename(rec.source)
+            fig = result.plot(
+                kind="bar",
+                top=20,
+                subtitle=f"{model_text}, {score}\ndata: {source}, {rec.n_rows} rows",
+                units=units,
+            )
             fig.savefig(os.path.join(folder, files["png"]), dpi=120, bbox_inches="tight")
             plt.close(fig)
         except ImportError:
