@@ -285,17 +285,15 @@ class ActiveSubspaceResult(eqx.Module):
 
         **Returns:**
 
-        A `matplotlib.figure.Figure`. Needs the `plot` extra (matplotlib).
+        A `jacsens.plot.Figure` (a `matplotlib.figure.Figure` that Jupyter shows, not
+        registered with pyplot). Needs the `plot` extra (matplotlib).
         """
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError("`plot` needs matplotlib: pip install 'jacsens[plot]'.") from e
+        from ..plot import _new_figure  # imported here: matplotlib is optional
+
         n_directions = check_positive_int(n_directions, "n_directions", allow_none=False)
         n_directions = min(n_directions, self.n_in)
-        fig, axes = plt.subplots(
-            1, 1 + n_directions, figsize=(4 + 3.2 * n_directions, 3.4), squeeze=False
-        )
+        fig = _new_figure((4 + 3.2 * n_directions, 3.4))
+        axes = fig.subplots(1, 1 + n_directions, squeeze=False)
         axes = axes[0]
         lam = self.eigenvalues
         k = np.arange(1, self.n_in + 1)
@@ -326,7 +324,6 @@ class ActiveSubspaceResult(eqx.Module):
             ax.set_xticks(np.arange(self.n_in))
             ax.set_xticklabels(self.feature_names, rotation=90, fontsize="small")
             ax.set_title(f"direction {j + 1}")
-        fig.tight_layout()
         return fig
 
 
