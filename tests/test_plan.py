@@ -180,3 +180,52 @@ def test_plan_is_cached_and_hashable(getkey, fresh_plans):
     p2 = _plan.make_plan(m, np.asarray(X), "rev")
     assert p1 is p2 and hash(p1) == hash(p2)
     assert _plan.make_plan(m, X, "fwd") is not p1
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_peak_bytes_counts_the_seeds_each_mode_carries(getkey, fresh_plans, dtype):
+    # fwd pushes n_in tangents through the widest layer, rev pulls n_out cotangents: the
+    # two estimates differ by exactly (n_in - n_out) seeds of the widest width per row
+    n_in, width, n_out, B = 40, 24, 3, 8
+    m = random_mlp(getkey(), n_in, (width,), n_out, "tanh", dtype=dtype)
+    X = random_inputs(getkey(), B, (n_in,), dtype=dtype)
+    fwd = _plan.make_plan(m, X, "fwd").peak_bytes(B)
+    rev = _plan.make_plan(m, X, "rev").peak_bytes(B)
+    widest = max(n_in, width, n_out)
+    assert fwd - rev == jnp.dtype(dtype).itemsize * B * (n_in - n_out) * widest
+    # the result and its copy are in every estimate, and it is linear in the batch
+    assert rev >= 2 * jnp.dtype(dtype).itemsize * B * n_in * n_out
+    assert _plan.make_plan(m, X, "rev").peak_bytes(2 * B) == 2 * rev
+
+
+def test_plan_is_made_for_the_chunk_it_runs_in(getkey, fresh_plans):
+    m = random_mlp(getkey(), 5, (7,), 2, "tanh")
+    X = random_inputs(getkey(), 64, (5,))
+    plan = _plan.make_plan(m, X, "auto", chunk_size=4)
+    assert plan.batch_size == 4 and plan.cost().batch_size == 4
+    assert plan.mode == _plan.make_plan(m, X[:4], "auto").mode
+    # a chunk larger than the batch is the batch
+    assert _plan.make_plan(m, X, "auto", chunk_size=1000).batch_size == 64
+    assert _plan.make_plan(m, X, "auto").batch_size == 64
+
+
+@pytest.mark.parametrize("n_in, n_out, expected", [(6, 2, "rev"), (2, 6, "fwd"), (3, 3, "rev")])
+def test_auto_without_any_estimate_falls_back_by_shape(
+    getkey, fresh_plans, monkeypatch, n_in, n_out, expected
+):
+    # no layer chain and a program that cannot be traced: the cost model has nothing to
+    # go on, and auto takes one sweep per output (rev) unless the output is wider
+    def untraceable(*args, **kwargs):
+        raise ValueError("program: cannot be traced")
+
+    monkeypatch.setattr(_plan, "trace_program", untraceable)
+    W = random_inputs(getkey(), n_out, (n_in,))
+
+    def model(x):
+        return jnp.tanh(W @ x)
+
+    X = random_inputs(getkey(), 3, (n_in,))
+    plan = _plan.make_plan(model, X, "auto")
+    assert plan.chain is None and plan.program is None
+    assert plan.mode.name == expected
+    assert_close(jacsens.input_jacobian(model, X), jax.vmap(jax.jacrev(model))(X), 1e-12)
