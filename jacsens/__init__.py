@@ -38,12 +38,12 @@ from ._modes import (
 )
 from ._program._chain import ChainError as ChainError, read_chain as read_chain
 from ._sensitivity import (
-    AbstractSampler as Sampler,
+    AbstractSampler as AbstractSampler,
     ActiveSubspaceResult as ActiveSubspaceResult,
-    active_subspace as active_subspace,
     NormalisedDGSM as NormalisedDGSM,
     QMCSampler as QMCSampler,
     SensitivityResult as SensitivityResult,
+    active_subspace as active_subspace,
     from_problem as from_problem,
     halton as halton,
     normal as normal,
@@ -59,6 +59,8 @@ from ._stats import (
     stats_to_host as stats_to_host,
     stats_update as stats_update,
 )
+
+Sampler = AbstractSampler  # the name samplers had before they became a class hierarchy
 
 try:
     __version__ = importlib.metadata.version("jacsens")

@@ -219,9 +219,12 @@ def _check_finite(A: jax.Array, argname: str) -> None:
 
 
 def _check_targets(model, X, Y, loss, loss_fn: LossFn, xname: str, yname: str):
+    """Check `X` and `Y` against the model and the loss; return them in the dtypes the
+    model and the loss compute in (the package's dtype rule)."""
     check_same_batch(X, Y, xname, yname)
-    out_shape = make_plan(model, X, None, argname=xname).out_shape
-    check_targets(loss, Y, out_shape, yname)
+    plan = make_plan(model, X, None, argname=xname)
+    Y = check_targets(loss, Y, plan.out_shape, yname, out_dtype=plan.out_dtype)
+    X = X.astype(plan.dtype)
     try:
         out = jax.eval_shape(
             lambda x, y: loss_fn(model(x), y),
@@ -239,6 +242,7 @@ def _check_targets(model, X, Y, loss, loss_fn: LossFn, xname: str, yname: str):
             f"{Y.shape[1:]} it returned shape {out.shape}. Check the shape of `{yname}` "
             "against the model's output."
         )
+    return X, Y
 
 
 def fit(
@@ -325,7 +329,7 @@ def fit(
 
     X = as_float_array(X, "X")
     Y = as_targets(Y, "Y")
-    _check_targets(model, X, Y, loss, loss_fn, "X", "Y")
+    X, Y = _check_targets(model, X, Y, loss, loss_fn, "X", "Y")
     if X.shape[0] == 0:
         raise ValueError("`X` must contain at least one sample, got 0 rows.")
     _check_finite(X, "X")
@@ -339,7 +343,7 @@ def fit(
             raise ValueError(
                 f"`validation[0]` must hold at least one sample, got shape {Xv.shape}."
             )
-        _check_targets(model, Xv, Yv, loss, loss_fn, "validation[0]", "validation[1]")
+        Xv, Yv = _check_targets(model, Xv, Yv, loss, loss_fn, "validation[0]", "validation[1]")
         if Yv.shape[1:] != Y.shape[1:]:
             raise ValueError(
                 f"`validation[1]` must have samples of shape {Y.shape[1:]} like `Y`, got "

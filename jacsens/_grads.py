@@ -36,7 +36,7 @@ def _check(model, loss, X, Y, chunk_size=None) -> tuple[LossFn, Array, Array, in
     check_same_batch(X, Y)
     chunk_size = check_chunk_size(chunk_size)
     loss_fn = get_loss(loss)
-    check_targets(loss, Y, plan.out_shape)
+    Y = check_targets(loss, Y, plan.out_shape, out_dtype=plan.out_dtype)
     if X.dtype != plan.dtype:  # the package's dtype rule: at the model's precision
         X = X.astype(plan.dtype)
     return loss_fn, X, Y, chunk_size, plan

@@ -14,7 +14,7 @@ from jaxtyping import Array, Float
 
 from ._batching import map_chunks, run_chunked
 from ._cost import JacobianCost
-from ._modes import AbstractJacobianMode
+from ._modes import AbstractJacobianMode, get_mode
 from ._plan import Plan, make_plan
 from ._program._chain import ActStep, ChainError, LinearStep, read_chain
 from ._validate import as_float_array, check_chunk_size, check_positive_int
@@ -70,6 +70,7 @@ def input_jacobian(
     """
     X = as_float_array(X, "X")
     chunk_size = check_chunk_size(chunk_size)
+    mode = get_mode(mode)
     if chunk_size != "auto":
         plan = make_plan(model, X, mode, chunk_size=chunk_size)
         return _jacobian_impl(model, X, plan, chunk_size)
@@ -95,6 +96,12 @@ def _example_plan(model, example: Any, dtype: Any, argname: str) -> Plan:
     then read from the model's layer chain) or an example batch `(B, *in_shape)`."""
     if isinstance(example, int | np.integer) and not isinstance(example, bool):
         batch = check_positive_int(example, argname, allow_none=False)
+    elif not hasattr(example, "shape") and not isinstance(example, list | tuple):
+        raise ValueError(
+            f"`{argname}` must be a positive int or an example batch `(B, *in_shape)`, got "
+            f"{example!r:.60}."
+        )
+    if isinstance(example, int | np.integer) and not isinstance(example, bool):
         try:
             in_shape = read_chain(model).in_shape
         except ChainError as e:

@@ -109,8 +109,10 @@ def check_targets(
     argname: str = "Y",
     *,
     kernel: bool = False,
-) -> None:
-    """Check a batch of targets `Y` against the model's per-sample output shape.
+    out_dtype: Any = None,
+) -> jax.Array:
+    """Check a batch of targets `Y` against the model's per-sample output shape; return
+    them ready for the loss.
 
     - A named loss (a key of `jacsens.LOSSES`, or that function itself) needs
       `Y.shape[1:] == out_shape` whatever `Y`'s dtype, except that `"cross_entropy"` takes
@@ -123,7 +125,8 @@ def check_targets(
 
     Integer class labels, when concrete (not traced), must lie in `[0, out_shape[-1])`:
     an out-of-range label would give NaN, or silently index from the end (`-1`), or
-    one-hot encode to zeros.
+    one-hot encode to zeros. Other targets of a named loss or kernel gradient are returned
+    in `out_dtype` (if given): the loss compares them with the output.
     """
     from ._losses import LOSSES
 
@@ -144,7 +147,7 @@ def check_targets(
         labels = loss == "cross_entropy" and integer
         what = f"loss {loss!r}"
     else:
-        return
+        return Y
     if labels and out_shape == ():
         raise ValueError(
             f"`{argname}` holds integer class labels (dtype {Y.dtype}), but the model's output "
@@ -173,3 +176,8 @@ def check_targets(
                 f"with {n_classes} classes, got {int(values[first])} at index "
                 f"{first if len(first) > 1 else first[0]}."
             )
+    if not labels and out_dtype is not None and Y.dtype != out_dtype:
+        # targets compared with the output (integer regression targets, float32 targets of
+        # a float64 model) are cast to its dtype, as numpy-style promotion would
+        Y = Y.astype(out_dtype)
+    return Y

@@ -30,6 +30,7 @@ from ._losses import (
     softmax_cross_entropy_grad as softmax_cross_entropy_grad,
     squared_error_grad as squared_error_grad,
 )
+from ._plan import make_plan
 from ._program._chain import Cache, Chain, chain_forward, read_chain
 from ._validate import as_float_array, as_targets, check_choice, check_same_batch, check_targets
 
@@ -147,15 +148,11 @@ def weight_grads(
     """
     X = as_float_array(X, "X")
     Y = as_targets(Y, "Y")
-    chain = read_chain(model)
-    check_kernel_chain(chain)
-    if X.ndim < 1 or X.shape[1:] != chain.in_shape:
-        raise ValueError(
-            f"`X` must have shape (batch, *{chain.in_shape}) for this model, got {X.shape}."
-        )
+    plan = make_plan(model, X, "backprop")  # ChainError if the kernel cannot run it
     check_same_batch(X, Y)
-    check_targets(loss_grad, Y, chain.out_shape, kernel=True)
+    Y = check_targets(loss_grad, Y, plan.out_shape, kernel=True, out_dtype=plan.out_dtype)
     check_choice(reduction, "reduction", ("mean", "sum", "none"))
     if not callable(loss_grad):
         raise TypeError(f"`loss_grad` must be callable, got {type(loss_grad).__name__}.")
+    X = X.astype(plan.dtype)
     return _weight_grads_impl(model, loss_grad, X, Y, reduction)

@@ -98,7 +98,7 @@ def test_read_sequential(getkey):
     assert chain.in_shape == (4,) and chain.out_shape == (2,)
     assert chain.linears[1].bias is None
     assert chain.linears[1].getter(seq) is seq.layers[4]
-    X = random_inputs(getkey(), 3, (4,)).astype(jnp.float32)
+    X = random_inputs(getkey(), 3, (4,), dtype=seq.layers[1].weight.dtype)
     y, _ = chain_forward(chain, X)
     assert_close(y, jax.vmap(seq)(X), 1e-6)
 

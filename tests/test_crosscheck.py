@@ -37,9 +37,9 @@ def test_passes_on_good_models(getkey, name):
     X = random_inputs(getkey(), B, in_shape, dtype=dtype)
     report = jacsens.crosscheck(model, X, strict=True)
     assert report.passed
-    methods = ("rev", "fwd", "chain", "backprop", "fd")
+    methods = ("rev", "fwd", "chain", "backprop", "segments", "fd")
     if name == "callable":
-        methods = ("rev", "fwd", "fd")
+        methods = ("rev", "fwd", "segments", "fd")
     assert report.methods == methods
     pairs = [(c.a, c.b) for c in report.comparisons]
     assert pairs == list(itertools.combinations(methods, 2))
@@ -65,7 +65,7 @@ def test_weight_grad_check(getkey, loss):
         report = jacsens.crosscheck(model, X, Y, loss=loss, finite_differences=False, strict=True)
         (wg,) = [c for c in report.comparisons if c.quantity == "weight_grad"]
         assert (wg.a, wg.b) == ("autodiff", "backprop") and wg.max_rel < 1e-13
-        assert report.methods == ("rev", "fwd", "chain", "backprop")
+        assert report.methods == ("rev", "fwd", "chain", "backprop", "segments")
 
 
 def test_detects_wrong_activation_derivative(getkey):
@@ -73,7 +73,7 @@ def test_detects_wrong_activation_derivative(getkey):
     X = random_inputs(getkey(), 3, (4,))
     report = jacsens.crosscheck(model, X)
     assert not report.passed
-    autodiff = {"rev", "fwd", "fd"}
+    autodiff = {"rev", "fwd", "segments", "fd"}  # the structured engine is autodiff too
     kernel = {"chain", "backprop"}
     for c in report.comparisons:
         same_side = {c.a, c.b} <= autodiff or {c.a, c.b} <= kernel
@@ -82,17 +82,17 @@ def test_detects_wrong_activation_derivative(getkey):
         assert c.passed == same_side, c
         if not same_side:
             assert c.max_rel > 1e-2
-    assert len(report.failures()) == 6
+    assert len(report.failures()) == 8
 
     with pytest.raises(jacsens.CrosscheckError) as info:
         jacsens.crosscheck(model, X, strict=True)
     text = str(info.value)
-    assert "6 disagreement(s)" in text
+    assert "8 disagreement(s)" in text
     assert "max rel" in text and "rtol" in text
     rows = [line for line in text.splitlines() if line.startswith("input_jacobian")]
-    assert len(rows) == 10
+    assert len(rows) == 15
     failing = [line for line in rows if line.rstrip().endswith("NO")]
-    assert len(failing) == 6 and all("chain" in r or "backprop" in r for r in failing)
+    assert len(failing) == 8 and all("chain" in r or "backprop" in r for r in failing)
     assert issubclass(jacsens.CrosscheckError, AssertionError)
 
 

@@ -132,7 +132,7 @@ def test_unknown_mode(model, X, mode):
 
 @pytest.mark.parametrize("chunk", [0, -2, 2.5, True, "2", 2.0])
 def test_bad_chunk_size(model, X, chunk):
-    match = rf"`chunk_size` must be a positive int or None, got {chunk!r}"
+    match = rf"`chunk_size` must be a positive int, \"auto\" or None, got {chunk!r}"
     for call in (
         lambda: jacsens.input_jacobian(model, X, chunk_size=chunk),
         lambda: jacsens.jvp(model, X, X, chunk_size=chunk),
@@ -242,9 +242,10 @@ def test_bad_finite_difference_step(model, X, step):
 
 def test_cost_and_explain_arguments(model):
     for bad in (0, -1, 1.5, None):
-        with pytest.raises(ValueError, match=rf"`batch_size` must be a positive int, got {bad!r}"):
+        with pytest.raises(ValueError, match=rf"`batch_size` must be a positive int.*got {bad!r}"):
             jacsens.jacobian_cost(model, bad)
-    with pytest.raises(jacsens.ChainError):
+    # a batch size alone gives no input shape for a model without a layer chain
+    with pytest.raises(ValueError, match="`batch_size`.*example batch"):
         jacsens.explain(lambda x: x, file=False)
 
 
@@ -364,7 +365,7 @@ def test_class_labels_range_check_numbers(model3, X6):
     # labels under jit are not concrete: not range-checked there, but shapes still are
     from jacsens._validate import check_targets
 
-    jax.jit(lambda Y: check_targets("cross_entropy", Y, (3,)) or Y)(labels + 5)
+    jax.jit(lambda Y: check_targets("cross_entropy", Y, (3,)))(labels + 5)
     with pytest.raises(ValueError, match=r"no class axis"):
         check_targets("cross_entropy", jnp.zeros(6, jnp.int32), ())
     # the named function itself is recognised as the named loss
