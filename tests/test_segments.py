@@ -658,3 +658,24 @@ def test_segment_structure_flags_and_flops():
     assert scaled.affine and scaled.diagonal
     elementwise = info(lambda v: jnp.sin(v) * v)
     assert elementwise.diagonal and not elementwise.affine
+
+
+def test_forward_sweeps_are_costed_at_fwd_efficiency():
+    # the tangent products of a forward sweep run at `fwd_efficiency` of the speed of the
+    # same products in reverse mode: halving it adds exactly their roofline time once more
+    info = SegmentInfo(12, 3, flops=4e5, act_elems=30.0, param_elems=36.0, ops=2.0, max_width=12)
+    B, itemsize = 8, 4
+
+    class Neutral(_Device):
+        fwd_efficiency = 1.0
+
+    slow, neutral = _Model((info,), B, itemsize, _Device()), _Model((info,), B, itemsize, Neutral())
+    tangent = max(
+        B * info.in_width * info.flops / _Device.peak_flops,
+        (info.param_elems + B * info.in_width * info.act_elems) * itemsize / _Device.bandwidth,
+    )
+    fwd_slow = slow.materialise(0, 1, "fwd").seconds
+    fwd_neutral = neutral.materialise(0, 1, "fwd").seconds
+    assert fwd_slow - fwd_neutral == pytest.approx(tangent * (1 / _Device.fwd_efficiency - 1))
+    # reverse sweeps do not depend on it
+    assert slow.materialise(0, 1, "rev") == neutral.materialise(0, 1, "rev")
