@@ -176,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check",
         help="cross-check every Jacobian mode, the kernel and finite differences",
-        description="Run jacsens.crosscheck on random inputs (float64 references); exit status 1 if "
-        "any comparison fails.",
+        description="Run jacsens.crosscheck on random inputs (float64 references); exit "
+        "status 1 if any comparison fails.",
     )
     check.add_argument("--model", metavar="FILE", help="a saved model (default: seed net)")
     check.add_argument("--batch", type=_positive_int("--batch"), default=4, help="inputs (4)")

@@ -24,7 +24,12 @@ from ._active import (
     active_subspace as active_subspace,
 )
 from ._checkpoint import model_fingerprint as model_fingerprint
-from ._qmc import QMCSampler as QMCSampler, halton as halton, sobol as sobol
+from ._qmc import (
+    QMCSampler as QMCSampler,
+    from_problem as from_problem,
+    halton as halton,
+    sobol as sobol,
+)
 from ._result import NormalisedDGSM as NormalisedDGSM, SensitivityResult as SensitivityResult
 from ._run import sensitivity as sensitivity
 from ._sources import (
@@ -32,7 +37,6 @@ from ._sources import (
     Marginals as Marginals,
     Normal as Normal,
     Uniform as Uniform,
-    from_problem as from_problem,
     normal as normal,
     uniform as uniform,
 )

@@ -25,7 +25,7 @@ import hashlib
 import math
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -41,6 +41,7 @@ from ._sources import (
     _float_dtype,
     marginal_transform,
     parse_problem,
+    problem_sampler,
     uniform as _uniform_checks,
 )
 
@@ -139,6 +140,10 @@ class QMCSampler(eqx.Module):
         u = self.unit_rows(start, size, engines)
         x = marginal_transform(np, self.codes, self.params, u, ndtri(u))
         return x.reshape(size, *self.in_shape).astype(self.dtype)
+
+    def as_source(self) -> QMCSource:
+        """The data source `sensitivity` reads this sampler through."""
+        return QMCSource(self)
 
     def __len__(self) -> int:
         return self.n
@@ -315,3 +320,47 @@ def halton(
     """
     spec, in_shape = _spec_of(bounds)
     return qmc_sampler(spec, n, key, "halton", replicates, dtype, in_shape)
+
+
+def from_problem(
+    problem: Mapping,
+    n: int,
+    key: PRNGKeyArray,
+    *,
+    method: Literal["random", "sobol", "halton"] = "random",
+    replicates: int = 8,
+    dtype: Any = None,
+) -> Any:
+    """Inputs distributed as a SALib problem dict describes them.
+
+    **Arguments:**
+
+    - `problem`: a SALib problem, `{"num_vars": d, "names": [...], "bounds": [...],
+        "dists": [...]}` (`names` and `dists` optional; `dists` defaults to all `unif`).
+        Per feature, `bounds` means what it means in SALib: `unif` `[low, high]`;
+        `logunif` `[low, high]` (0 < low); `norm` `[mean, sd]`; `lognorm` `[ln-space
+        mean, ln-space sd]` (`x = exp(mean + sd·z)`); `triang` `[start, end, peak]` with
+        the peak a fraction of `end - start` in `[0, 1]`. Others (`truncnorm`, ...) raise.
+    - `n`: total number of samples.
+    - `key`: a JAX PRNG key.
+    - `method`: `"random"` (default; pseudo-random, drawn on the device from one key per
+        row, any `n`), `"sobol"` or `"halton"` (scrambled quasi-random points from
+        `scipy.stats.qmc` in `replicates` independent scrambles, see `jacsens.sobol`).
+    - `replicates`: number of independent scrambles for the quasi-random methods (ignored
+        for `"random"`).
+    - `dtype`: sample dtype (default: JAX's default float).
+
+    **Returns:**
+
+    A sampler to pass as `data` to `jacsens.sensitivity` or `jacsens.active_subspace`;
+    the problem's `names` become the feature names.
+
+    **Raises:**
+
+    `ValueError` naming the problem key at fault (see `parse_problem`), `n`, `method`
+    or `replicates`.
+    """
+    spec = parse_problem(problem)
+    if method != "random":
+        return qmc_sampler(spec, n, key, method, replicates, dtype)
+    return problem_sampler(spec, n, key, dtype)

@@ -30,7 +30,7 @@ import hashlib
 import math
 import sys
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import equinox as eqx
 import jax
@@ -249,7 +249,7 @@ def uniform(
                 f"`bounds` is a SALib problem with dists {list(spec.dists)}; "
                 "jacsens.uniform draws only 'unif': use jacsens.from_problem(problem, n, key)."
             )
-        return from_problem(bounds, n, key, dtype=dtype)
+        return problem_sampler(spec, n, key, dtype)
     n = _check_n(n)
     key = _as_key(key)
     dtype = _float_dtype(dtype)
@@ -466,63 +466,6 @@ class Marginals(AbstractSampler):
         u = jax.random.uniform(ku, shape, dtype)
         z = jax.random.normal(kz, shape, dtype)
         return marginal_transform(jnp, codes, params, u, z)
-
-
-def from_problem(
-    problem: Mapping,
-    n: int,
-    key: PRNGKeyArray,
-    *,
-    method: Literal["random", "sobol", "halton"] = "random",
-    replicates: int = 8,
-    dtype: Any = None,
-) -> Any:
-    """Inputs distributed as a SALib problem dict describes them.
-
-    **Arguments:**
-
-    - `problem`: a SALib problem, `{"num_vars": d, "names": [...], "bounds": [...],
-        "dists": [...]}` (`names` and `dists` optional; `dists` defaults to all `unif`).
-        Per feature, `bounds` means what it means in SALib: `unif` `[low, high]`;
-        `logunif` `[low, high]` (0 < low); `norm` `[mean, sd]`; `lognorm` `[ln-space
-        mean, ln-space sd]` (`x = exp(mean + sd·z)`); `triang` `[start, end, peak]` with
-        the peak a fraction of `end - start` in `[0, 1]`. Others (`truncnorm`, ...) raise.
-    - `n`: total number of samples.
-    - `key`: a JAX PRNG key.
-    - `method`: `"random"` (default; pseudo-random, drawn on the device from one key per
-        row, any `n`), `"sobol"` or `"halton"` (scrambled quasi-random points from
-        `scipy.stats.qmc` in `replicates` independent scrambles, see `jacsens.sobol`).
-    - `replicates`: number of independent scrambles for the quasi-random methods (ignored
-        for `"random"`).
-    - `dtype`: sample dtype (default: JAX's default float).
-
-    **Returns:**
-
-    A sampler to pass as `data` to `jacsens.sensitivity` or `jacsens.active_subspace`;
-    the problem's `names` become the feature names.
-
-    **Raises:**
-
-    `ValueError` naming the problem key at fault (see `parse_problem`), `n`, `method`
-    or `replicates`.
-    """
-    spec = parse_problem(problem)
-    if method != "random":
-        from ._qmc import qmc_sampler
-
-        return qmc_sampler(spec, n, key, method, replicates, dtype)
-    n = _check_n(n)
-    key = _as_key(key)
-    dtype = _float_dtype(dtype)
-    return Marginals(
-        n,
-        (spec.num_vars,),
-        dtype,
-        key,
-        jnp.asarray(spec.codes),
-        jnp.asarray(spec.params, dtype),
-        spec.names,
-    )
 
 
 # --------------------------------------------------------------------------- sources
@@ -758,10 +701,9 @@ def make_source(data: Any) -> AbstractSource:
     """The source of a `data` argument of `sensitivity` (see the module docstring)."""
     if isinstance(data, AbstractSampler):
         return SamplerSource(data)
-    from ._qmc import QMCSampler, QMCSource  # imports this module
-
-    if isinstance(data, QMCSampler):
-        return QMCSource(data)
+    as_source = getattr(data, "as_source", None)  # samplers defined elsewhere (`_qmc`)
+    if callable(as_source):
+        return as_source()
     if isinstance(data, np.ndarray | jax.Array):
         return ArraySource(data)
     if _pandas_type(data, "DataFrame"):
@@ -798,3 +740,20 @@ def make_source(data: Any) -> AbstractSource:
             f"jacsens.normal), got {type(data).__name__}."
         )
     return IterableSource(data)
+
+
+def problem_sampler(spec: Problem, n: Any, key: Any, dtype: Any = None) -> Marginals:
+    """Independent random draws from a parsed SALib problem's marginals (see
+    `jacsens.from_problem`, which also offers quasi-random points)."""
+    n = _check_n(n)
+    key = _as_key(key)
+    dtype = _float_dtype(dtype)
+    return Marginals(
+        n,
+        (spec.num_vars,),
+        dtype,
+        key,
+        jnp.asarray(spec.codes),
+        jnp.asarray(spec.params, dtype),
+        spec.names,
+    )
