@@ -15,7 +15,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._losses import LossFn, get_loss
 from ._plan import make_plan
-from ._progress import progress_bar
+from ._progress import Progress, progress_bar
 from ._validate import (
     as_float_array,
     as_targets,
@@ -97,32 +97,17 @@ class History:
         return frame
 
     def plot(self, ax=None, *, log: bool = True):
-        """Plot the loss curves; returns the `matplotlib.figure.Figure`.
+        """Plot the loss curves; returns a `jacsens.plot.Figure` (shown by Jupyter as the
+        cell's result; end the line with `;` to hide it).
 
         **Arguments:**
 
         - `ax`: an existing `matplotlib` axes to draw into (default: a new figure).
         - `log`: logarithmic loss axis.
         """
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError('History.plot needs matplotlib: pip install "jacsens[plot]"') from e
-        if ax is None:
-            fig, ax = plt.subplots(figsize=(5, 3.5))
-        else:
-            fig = ax.figure
-        epochs = np.arange(1, self.epochs + 1)
-        ax.plot(epochs, self.train_loss, label="train")
-        if self.val_loss is not None:
-            ax.plot(epochs, self.val_loss, label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("loss")
-        if log and min(self.train_loss, default=1.0) > 0:
-            ax.set_yscale("log")
-        ax.legend()
-        fig.tight_layout()
-        return fig
+        from . import plot
+
+        return plot.loss_curves(self, ax, log=log)
 
 
 def _mean_loss(params, static, X, Y, loss_fn):
@@ -256,7 +241,7 @@ def fit(
     batch_size: int = 64,
     key: PRNGKeyArray,
     validation: tuple[Array, Array] | None = None,
-    progress: bool = True,
+    progress: Progress = "auto",
     callbacks: Sequence[Callback] = (),
 ) -> tuple[Any, History]:
     """Train a model on `(X, Y)` with mini-batch gradient descent.
@@ -283,8 +268,9 @@ def fit(
     - `batch_size`: mini-batch size (at least 1; clipped to `N`).
     - `key`: a `jax.random` key for the shuffling (keyword only, required).
     - `validation`: optional `(X_val, Y_val)`; its mean loss is recorded after each epoch.
-    - `progress`: show a `tqdm` progress bar (only if `tqdm` is installed and stderr is a
-        terminal).
+    - `progress`: `"auto"` (default): a progress bar in a terminal or notebook (`tqdm.auto`)
+        once the job has run for 2 s, and in logs (stderr not a terminal) a line every 30 s
+        (`JACSENS_PROGRESS_INTERVAL`); `True`: always; `False`: never.
     - `callbacks`: callables `(epoch, model, history) -> bool | None`, called after each
         epoch (0-based `epoch`) with the history so far; returning a truthy value
         (`True`, `np.True_`, `jnp.asarray(True)`) stops training.

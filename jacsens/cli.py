@@ -411,7 +411,7 @@ def _fit(args, data: Dataset, source: str, timings: dict[str, float]) -> _Outcom
         batch_size=args.batch_size,
         key=k_fit,
         validation=(X_te, y_te),
-        progress=not args.quiet,
+        progress=False if args.quiet else "auto",
     )
     timings["fit_s"] = time.perf_counter() - t0
     if not np.isfinite(history.train_loss[-1]):
@@ -581,7 +581,7 @@ def cmd_analyze(args) -> int:
         chunk_size=args.chunk_size,
         feature_names=data.feature_names,
         output_names=(data.target_name,),
-        progress=not args.quiet,
+        progress=False if args.quiet else "auto",
     )
     timings["sensitivity_s"] = time.perf_counter() - t0
     units = "standard deviations of y per standard deviation of x"

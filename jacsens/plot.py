@@ -20,12 +20,13 @@ from __future__ import annotations
 import functools
 import io
 import math
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from jaxtyping import ArrayLike
+
+from ._names import index_names as index_names, shape_from_names as shape_from_names
 
 if TYPE_CHECKING:
     from ._fit import History
@@ -97,55 +98,6 @@ def _new_axes(ax, figsize):
 
 
 # --------------------------------------------------------------------------- names
-
-
-def index_names(shape: Sequence[int], prefix: str = "x") -> tuple[str, ...]:
-    """Names of the elements of an array of `shape`, in C order.
-
-    Vectors and scalars keep the short form (`x0`, `x1`, ...); arrays of two or more
-    dimensions say where each element sits: `x[r,c]`, `x[ch,r,c]`. `shape_from_names`
-    reads the shape back.
-
-    **Arguments:**
-
-    - `shape`: the array's shape (`()` for a scalar: one name).
-    - `prefix`: the name before the index.
-
-    **Returns:**
-
-    A tuple of `prod(shape)` names.
-    """
-    shape = tuple(int(s) for s in shape)
-    if len(shape) < 2:
-        return tuple(f"{prefix}{i}" for i in range(math.prod(shape)))
-    return tuple(f"{prefix}[{','.join(map(str, idx))}]" for idx in np.ndindex(*shape))
-
-
-_INDEXED = re.compile(r"^(.*)\[(\d+(?:,\d+)+)\]$")
-
-
-def shape_from_names(names: Sequence[str]) -> tuple[int, ...] | None:
-    """The shape of an array whose elements are named as `index_names` names them.
-
-    **Arguments:**
-
-    - `names`: element names, flattened in C order.
-
-    **Returns:**
-
-    The shape (two or more dimensions) if `names` are exactly `index_names(shape,
-    prefix)` for some shape and prefix, else `None`.
-    """
-    if not names:
-        return None
-    first = _INDEXED.match(names[0])
-    last = _INDEXED.match(names[-1])
-    if first is None or last is None or first.group(1) != last.group(1):
-        return None
-    shape = tuple(int(i) + 1 for i in last.group(2).split(","))
-    if math.prod(shape) != len(names):
-        return None
-    return shape if tuple(names) == index_names(shape, first.group(1)) else None
 
 
 def _check_shape(shape: Any, n: int | None, argname: str = "shape") -> tuple[int, ...]:

@@ -20,7 +20,6 @@ from hypothesis import given, settings
 
 import jacsens
 from jacsens._order import optimal_order
-from jacsens._plan import make_plan
 from jacsens._program._chain import (
     ActStep,
     LinearStep,

@@ -98,7 +98,8 @@ def linear_result(in_shape, n_out, dtype, names=True):
         lambda x: Wj @ x.reshape(-1),
         X,
         progress=False,
-        feature_names=plot.index_names(in_shape) if names else None,
+        # default names say where each element sits; flat names hide the shape
+        feature_names=None if names else [f"x{i}" for i in range(n_in)],
         output_names=[f"class {o}" for o in range(n_out)],
     )
     return r, W.astype(dtype).astype(np.float64)

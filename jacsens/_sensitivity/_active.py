@@ -32,6 +32,7 @@ from jax.sharding import Mesh
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._modes import AbstractJacobianMode, get_mode
+from .._progress import Progress as ProgressChoice
 from .._validate import check_choice, check_positive_int
 from ._run import (
     Progress,
@@ -346,7 +347,7 @@ def active_subspace(
     feature_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     devices: Sequence[jax.Device] | Mesh | None = None,
-    progress: bool = True,
+    progress: ProgressChoice = "auto",
     nan_policy: Literal["raise", "omit"] = "raise",
 ) -> ActiveSubspaceResult:
     """The active subspace of a model over an input distribution, streamed.
@@ -401,7 +402,7 @@ def active_subspace(
     names = feature_names_of(feature_names, source, plan)
     if output_names is None and not plan.out_shape:
         output_names = ("y",)
-    out_names = names_of(output_names, plan.n_out, "output_names", "y")
+    out_names = names_of(output_names, plan.out_shape, "output_names", "y")
     M = _metric(metric, output, plan.n_out, out_names)
     if output is not None:
         target = f"output {out_names[int(np.argmax(np.diag(M)))]!r}"

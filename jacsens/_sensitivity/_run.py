@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
@@ -35,8 +36,9 @@ from jaxtyping import Array
 
 from .._memory import auto_chunk_size, memory_budget, run_with_backoff
 from .._modes import AbstractJacobianMode, get_mode
+from .._names import index_names
 from .._plan import Plan, make_plan
-from .._progress import progress_bar
+from .._progress import Progress as ProgressChoice, progress_bar
 from .._stats import (
     StreamingStats,
     stats_from_batch,
@@ -317,9 +319,12 @@ def resolve_mesh(devices) -> Mesh | None:
     return Mesh(np.array(devs), ("batch",))
 
 
-def names_of(names, count: int, argname: str, default_prefix: str) -> tuple[str, ...]:
+def names_of(names, shape: tuple[int, ...], argname: str, prefix: str) -> tuple[str, ...]:
+    """`names` checked against an array of `shape`, or by default `x0, x1, ...` for vectors
+    and `x[r,c]`-style names saying where each element sits for higher ranks."""
+    count = math.prod(shape)
     if names is None:
-        return tuple(f"{default_prefix}{i}" for i in range(count))
+        return index_names(shape, prefix)
     if isinstance(names, str):
         raise TypeError(f"`{argname}` must be a sequence of names, got a string {names!r}.")
     names = tuple(str(n) for n in names)
@@ -416,7 +421,7 @@ def sensitivity(
     output_names: Sequence[str] | None = None,
     interactions: bool = False,
     devices: Sequence[jax.Device] | Mesh | None = None,
-    progress: bool = True,
+    progress: ProgressChoice = "auto",
     nan_policy: Literal["raise", "omit"] = "raise",
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 16,
@@ -469,8 +474,9 @@ def sensitivity(
         states are merged on the host in float64. So one and several devices give the
         same numbers up to the round-off of the per-device reductions: about 1e-7
         relative for float32, float64 round-off for a float64 model.
-    - `progress`: show a tqdm progress bar (samples) when stderr is a terminal and tqdm
-        is installed.
+    - `progress`: `"auto"` (default): a progress bar in a terminal or notebook (`tqdm.auto`)
+        once the job has run for 2 s, and in logs (stderr not a terminal) a line every 30 s
+        (`JACSENS_PROGRESS_INTERVAL`); `True`: always; `False`: never.
     - `nan_policy`: `"raise"` (default) raises on the first row whose input or derivative
         is not finite, naming the sample; `"omit"` leaves such rows out and counts them
         in `n_omitted`.
@@ -534,7 +540,7 @@ def sensitivity(
     feature_names = feature_names_of(feature_names, source, plan)
     if output_names is None and not plan.out_shape:
         output_names = ("y",)
-    output_names = names_of(output_names, plan.n_out, "output_names", "y")
+    output_names = names_of(output_names, plan.out_shape, "output_names", "y")
 
     shape = (plan.n_out, plan.n_in)
     replicate_rows = getattr(source, "replicate_rows", None)
@@ -588,7 +594,7 @@ def feature_names_of(names: Any, source: AbstractSource, plan: Plan) -> tuple[st
     if names is None and source.feature_names is not None:
         if len(source.feature_names) == plan.n_in:
             names = source.feature_names
-    return names_of(names, plan.n_in, "feature_names", "x")
+    return names_of(names, plan.in_shape, "feature_names", "x")
 
 
 def execute(

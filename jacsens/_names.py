@@ -1,0 +1,57 @@
+"""Names of the elements of multi-dimensional arrays (features of image inputs, ...)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+_INDEXED = re.compile(r"^(.*)\[(\d+(?:,\d+)+)\]$")
+
+
+def index_names(shape: Sequence[int], prefix: str = "x") -> tuple[str, ...]:
+    """Names of the elements of an array of `shape`, in C order.
+
+    Vectors and scalars keep the short form (`x0`, `x1`, ...); arrays of two or more
+    dimensions say where each element sits: `x[r,c]`, `x[ch,r,c]`. `shape_from_names`
+    reads the shape back.
+
+    **Arguments:**
+
+    - `shape`: the array's shape (`()` for a scalar: one name).
+    - `prefix`: the name before the index.
+
+    **Returns:**
+
+    A tuple of `prod(shape)` names.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2:
+        return tuple(f"{prefix}{i}" for i in range(math.prod(shape)))
+    return tuple(f"{prefix}[{','.join(map(str, idx))}]" for idx in np.ndindex(*shape))
+
+
+def shape_from_names(names: Sequence[str]) -> tuple[int, ...] | None:
+    """The shape of an array whose elements are named as `index_names` names them.
+
+    **Arguments:**
+
+    - `names`: element names, flattened in C order.
+
+    **Returns:**
+
+    The shape (two or more dimensions) if `names` are exactly `index_names(shape,
+    prefix)` for some shape and prefix, else `None`.
+    """
+    if not names:
+        return None
+    first = _INDEXED.match(names[0])
+    last = _INDEXED.match(names[-1])
+    if first is None or last is None or first.group(1) != last.group(1):
+        return None
+    shape = tuple(int(i) + 1 for i in last.group(2).split(","))
+    if math.prod(shape) != len(names):
+        return None
+    return shape if tuple(names) == index_names(shape, first.group(1)) else None
