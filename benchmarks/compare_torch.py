@@ -22,6 +22,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+import jacsens
+
 from harness import (
     NetSpec,
     default_path,
@@ -32,8 +35,6 @@ from harness import (
     time_fns,
     write_json,
 )
-
-import jacsens
 
 ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-4  # norm-wise relative error, float32

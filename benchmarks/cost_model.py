@@ -19,10 +19,11 @@ import json
 from pathlib import Path
 
 import jax.numpy as jnp
-from harness import NetSpec, format_table, make_model, write_json
 
 from jacsens import _cost, read_chain
 from jacsens._order import optimal_order
+
+from harness import NetSpec, format_table, make_model, write_json
 
 MODES = ("rev", "fwd", "chain")
 

@@ -41,9 +41,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402
-
 import jacsens  # noqa: E402
+
+import harness  # noqa: E402
 
 A, B = 7.0, 0.1
 PI = math.pi

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import jax
+
 from harness import (
     ALL_MODES,
     KNOWN_MODES,

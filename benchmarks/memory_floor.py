@@ -17,6 +17,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+
 from harness import (
     NetSpec,
     default_path,

@@ -24,6 +24,9 @@ from pathlib import Path
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+
+import jacsens
+
 from harness import (
     NetSpec,
     default_path,
@@ -34,8 +37,6 @@ from harness import (
     time_fns,
     write_json,
 )
-
-import jacsens
 
 ROOT = Path(__file__).resolve().parent.parent
 MNIST = NetSpec("mnist", 784, (512, 512), 10, 0)

@@ -5,9 +5,10 @@ import math
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close
 
 import jacsens
+
+from helpers import assert_close
 
 A_RIDGE = np.array([1.0, -2.0, 0.5, 0.0, 1.5])
 SYM = np.array(

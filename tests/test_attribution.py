@@ -2,10 +2,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, random_mlp
 
 import jacsens
 from jacsens import attribution as attr
+
+from helpers import assert_close, random_mlp
 
 W = np.array([[1.0, -2.0, 0.5, 3.0], [0.25, 1.0, -1.0, 2.0]])
 B0 = np.array([0.3, -0.7])

@@ -6,6 +6,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import pytest
+
+import jacsens
+from jacsens import backprop
+from jacsens._losses import cross_entropy, half_squared_error
+
 from helpers import (
     assert_close,
     init_model,
@@ -14,10 +19,6 @@ from helpers import (
     random_mlp,
     random_probabilities,
 )
-
-import jacsens
-from jacsens import backprop
-from jacsens._losses import cross_entropy, half_squared_error
 
 CUBE = jacsens.Activation("cube", lambda z: z**3 / 3, lambda z: z**2)
 

@@ -7,15 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import (
-    assert_close,
-    describe_tree,
-    init_model,
-    parenthesisations,
-    random_inputs,
-    random_mlp,
-    tree_cost,
-)
 from hypothesis import given, settings
 
 import jacsens
@@ -26,6 +17,16 @@ from jacsens._program._chain import (
     chain_forward,
     read_chain,
     try_read_chain,
+)
+
+from helpers import (
+    assert_close,
+    describe_tree,
+    init_model,
+    parenthesisations,
+    random_inputs,
+    random_mlp,
+    tree_cost,
 )
 
 

@@ -6,10 +6,11 @@ import warnings
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import assert_close, random_inputs, random_mlp
 
 import jacsens
 from jacsens import _batching, _jacobian
+
+from helpers import assert_close, random_inputs, random_mlp
 
 
 class XlaRuntimeError(RuntimeError):

@@ -5,7 +5,6 @@ import math
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import random_mlp
 
 import jacsens
 from jacsens import _cost
@@ -13,6 +12,8 @@ from jacsens._cost import DEVICE_MODELS, MARGIN, device_model
 from jacsens._modes import Auto
 from jacsens._plan import Plan
 from jacsens._program._chain import read_chain
+
+from helpers import random_mlp
 
 
 def chain_estimates(chain, B, itemsize, platform=None):

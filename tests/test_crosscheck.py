@@ -6,9 +6,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import assert_close, init_model, perturb_biases, random_inputs, random_mlp
 
 import jacsens
+
+from helpers import assert_close, init_model, perturb_biases, random_inputs, random_mlp
 
 # A wrong derivative: tanh' is 1 − tanh², not 1 − tanh.
 TANH_WRONG = jacsens.Activation("tanh_wrong", jnp.tanh, lambda z: 1 - jnp.tanh(z))

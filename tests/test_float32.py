@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, init_model
 
 import jacsens
+
+from helpers import assert_close, init_model
 
 
 def _conv_net(k):

@@ -6,6 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+
+import jacsens
+import jacsens._grads as grads_module
+
 from helpers import (
     assert_close,
     init_model,
@@ -14,9 +18,6 @@ from helpers import (
     random_labels,
     random_mlp,
 )
-
-import jacsens
-import jacsens._grads as grads_module
 
 
 def _params(tree):

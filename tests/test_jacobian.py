@@ -12,6 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+
+import jacsens
+import jacsens._jacobian as jac_module
+
 from helpers import (
     ALL_MODES,
     KINKED,
@@ -24,10 +29,6 @@ from helpers import (
     rel_err,
     to_f64,
 )
-from hypothesis import given, settings
-
-import jacsens
-import jacsens._jacobian as jac_module
 
 FD_RTOL = 1e-7  # float64 central differences, step ε^(1/3)
 

@@ -8,10 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, random_inputs, random_mlp
 
 import jacsens
 from jacsens._losses import get_loss
+
+from helpers import assert_close, random_inputs, random_mlp
 
 
 class WeightedSE(eqx.Module):

@@ -5,10 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close
 
 import jacsens
 from jacsens._models import get_activation
+
+from helpers import assert_close
 
 # Points away from 0, where relu / leaky_relu / elu have their kink.
 Z = jnp.concatenate([jnp.linspace(-4.0, -0.05, 40), jnp.linspace(0.05, 4.0, 40)])

@@ -6,11 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, init_model, random_inputs, random_mlp
 
 import jacsens
 from jacsens import _plan
 from jacsens._program._chain import chain_forward, read_chain
+
+from helpers import assert_close, init_model, random_inputs, random_mlp
 
 
 @pytest.fixture

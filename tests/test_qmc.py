@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
-from helpers import assert_close
 
 import jacsens
 from jacsens._sensitivity._sources import marginal_transform, parse_problem
+
+from helpers import assert_close
 
 PI = math.pi
 ISHIGAMI_A, ISHIGAMI_B = 7.0, 0.1

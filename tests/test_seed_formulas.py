@@ -8,6 +8,11 @@ kernel, in float64, on random weights and inputs, to 1e-12 relative.
 import jax
 import jax.numpy as jnp
 import pytest
+
+import jacsens
+from jacsens import backprop
+from jacsens._losses import cross_entropy
+
 from helpers import (
     ALL_MODES,
     assert_close,
@@ -18,10 +23,6 @@ from helpers import (
     random_uniform,
     rel_err,
 )
-
-import jacsens
-from jacsens import backprop
-from jacsens._losses import cross_entropy
 
 RTOL = 1e-12
 

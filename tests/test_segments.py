@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import init_model, rel_err
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import jacsens
@@ -31,6 +30,8 @@ from jacsens._program._bracket import (
 )
 from jacsens._program._segments import segments_jacobian
 from jacsens._program._trace import SegmentInfo, model_leaves, trace_program
+
+from helpers import init_model, rel_err
 
 TOL = {jnp.dtype(jnp.float32): 1e-5, jnp.dtype(jnp.float64): 1e-12}
 _execute = jax.jit(segments_jacobian, static_argnums=(0, 1))

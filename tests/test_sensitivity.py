@@ -10,9 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close
 
 import jacsens
+
+from helpers import assert_close
 
 N_IN = 5
 A = np.array([1.5, -2.0, 0.5, 0.0, 3.0])

@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, random_inputs, random_mlp
 
 import jacsens
+
+from helpers import assert_close, random_inputs, random_mlp
 
 
 @pytest.fixture
