@@ -155,4 +155,17 @@ def weight_grads(
     if not callable(loss_grad):
         raise TypeError(f"`loss_grad` must be callable, got {type(loss_grad).__name__}.")
     X = X.astype(plan.dtype)
+    y_struct = jax.ShapeDtypeStruct(plan.out_shape, plan.out_dtype)
+    try:
+        g = jax.eval_shape(loss_grad, y_struct, jax.ShapeDtypeStruct(Y.shape[1:], Y.dtype))
+    except Exception as e:
+        raise ValueError(
+            f"`loss_grad` cannot be evaluated on one output (shape {plan.out_shape}) and one "
+            f"target of `Y` (shape {Y.shape[1:]}): {type(e).__name__}: {e}"
+        ) from e
+    if getattr(g, "shape", None) != plan.out_shape:
+        raise ValueError(
+            f"`loss_grad` must return ∂E/∂y with the output's shape {plan.out_shape}, got "
+            f"{getattr(g, 'shape', type(g).__name__)}."
+        )
     return _weight_grads_impl(model, loss_grad, X, Y, reduction)

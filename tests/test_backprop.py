@@ -181,3 +181,18 @@ def test_kernel_bad_input(getkey):
         backprop.weight_grads(m, backprop.squared_error_grad, X, Y, reduction="avg")
     with pytest.raises(TypeError, match="`loss_grad` must be callable, got str"):
         backprop.weight_grads(m, "half_squared_error", X, Y)
+
+
+def test_kernel_loss_grad_shape_and_empty_batch(getkey):
+    m = random_mlp(getkey(), 3, (4,), 2, "tanh")
+    X = random_inputs(getkey(), 5, (3,))
+    Y = random_inputs(getkey(), 5, (2,))
+    with pytest.raises(ValueError, match=r"`loss_grad` must return .* shape \(2,\), got \(\)"):
+        backprop.weight_grads(m, lambda y, t: jnp.sum(y - t), X, Y)
+    with pytest.raises(ValueError, match="`loss_grad` cannot be evaluated"):
+        backprop.weight_grads(m, lambda y, t: y @ jnp.ones((7, 7)), X, Y)
+    # an empty batch: zero gradients (the mean of nothing), not a division by zero
+    g = backprop.weight_grads(m, backprop.squared_error_grad, X[:0], Y[:0])
+    assert float(jnp.max(jnp.abs(g.layers[0].weight))) == 0.0
+    g_none = backprop.weight_grads(m, backprop.squared_error_grad, X[:0], Y[:0], reduction="none")
+    assert g_none.layers[0].weight.shape == (0, 4, 3)
