@@ -148,6 +148,12 @@ def check_targets(
         what = f"loss {loss!r}"
     else:
         return Y
+    if loss == "cross_entropy" and out_shape == ():
+        raise ValueError(
+            f"`loss` 'cross_entropy' needs a model output with a class axis (logits of shape "
+            f"(classes,)), but the model's output is a scalar; for a binary target use "
+            f"'binary_cross_entropy' (`{argname}` of shape (batch,))."
+        )
     if labels and out_shape == ():
         raise ValueError(
             f"`{argname}` holds integer class labels (dtype {Y.dtype}), but the model's output "

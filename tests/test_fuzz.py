@@ -901,36 +901,20 @@ def test_wrong_model_kinds_are_refused_naming_model(entry, kind):
     pytest.fail(f"{entry} accepted a model that {kind.replace('_', ' ')}")
 
 
-# --------------------------------------------------------------------------- known failures
-# Cases the fuzzing found that fail in code outside this suite's owner's files; each is
-# the minimal reproduction, kept out of the generators above so that they keep fuzzing
-# everything else. strict=True: fixing the bug turns these into failures to remove.
+# --------------------------------------------------------------------------- found by fuzzing
+# Minimal reproductions of failures the fuzzing found (unclear errors, now fixed), kept as
+# regression tests.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="weight_grad & co. with loss='cross_entropy' and float targets on a scalar-output "
-    "model raise a bare 'axis -1 is out of bounds for array of dimension 0' (no argument "
-    "named); integer labels get a clear message from check_targets, float ones do not",
-)
 @pytest.mark.parametrize("fn", ["weight_grad", "per_sample_grads", "per_sample_grad_norms"])
-def test_known_failure_cross_entropy_on_a_scalar_output(fn):
+def test_cross_entropy_on_a_scalar_output_is_refused(fn):
     model = jacsens.MLP(3, (4,), "scalar", key=jax.random.key(0), dtype=jnp.float32)
     X, Y = jnp.ones((1, 3), jnp.float32), jnp.zeros((1,), jnp.float32)
     with pytest.raises(ValueError, match=NAMED.pattern):
         getattr(jacsens, fn)(model, "cross_entropy", X, Y)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="crosscheck on an empty batch raises ZeroDivisionError (integer modulo by zero) "
-    "instead of a ValueError naming `X` (or a vacuous report)",
-)
-def test_known_failure_crosscheck_on_an_empty_batch():
+def test_crosscheck_on_an_empty_batch_is_refused():
     model = jacsens.MLP(3, (4,), "scalar", key=jax.random.key(0), dtype=jnp.float32)
-    try:
-        report = jacsens.crosscheck(model, jnp.zeros((0, 3), jnp.float32))
-    except ValueError as e:
-        assert "`X`" in str(e)
-    else:
-        assert report.passed
+    with pytest.raises(ValueError, match="`X` must hold at least one sample"):
+        jacsens.crosscheck(model, jnp.zeros((0, 3), jnp.float32))
