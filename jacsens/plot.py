@@ -171,7 +171,7 @@ def _check_top(top: Any) -> None:
 def sensitivity_bar(
     result: SensitivityResult,
     *,
-    output: int | str = 0,
+    output: int | str | None = None,
     by: str = "mean_abs",
     top: int | None = 20,
     z: float = 1.96,
@@ -190,7 +190,10 @@ def sensitivity_bar(
     **Arguments:**
 
     - `result`: a `SensitivityResult`.
-    - `output`: output index or name.
+    - `output`: output index or name; `None` (default): the only output, or for a
+        multi-output result the root mean square of the statistic over the outputs
+        (`SensitivityResult.values`), with delta-method error bars
+        (`SensitivityResult.se`) and a title that says so.
     - `by`: `"mean_abs"`, `"dgsm"`, `"std"`, `"mean"` or `"max_abs"`; features are
         sorted by it (by `|mean|` for `"mean"`).
     - `top`: show only the `top` most important features (None: all).
@@ -198,8 +201,9 @@ def sensitivity_bar(
         has none.
     - `sign`: colour each bar by the sign of the feature's mean effect `E[∂y/∂x]`:
         positive, negative, or unclear (`|mean| <= z` standard errors), with a legend.
-        `False`: one colour.
-    - `title`: the first line of the title (default `"Sensitivity of <output>"`).
+        `False`: one colour. The aggregate over several outputs has no sign: one colour.
+    - `title`: the first line of the title (default `"Sensitivity of <output>"`, or
+        `"Sensitivity, RMS over <n> outputs"` for the aggregate).
     - `subtitle`: an extra line under it.
     - `units`: the units of `∂y/∂x` (e.g. `"sd of y per sd of x"`), shown on the axis.
     - `ax`: an existing matplotlib Axes to draw on.
@@ -216,8 +220,11 @@ def sensitivity_bar(
     names = result.ranking(output, by)
     order = [result.feature_names.index(n) for n in names][: top or len(names)]
     k = len(order)
-    out_name = result.output_names[result._output_index(output)]
-    lines = [title if title is not None else f"Sensitivity of {out_name}"]
+    aggregate = output is None and result.n_out > 1
+    sign = sign and not aggregate  # the RMS over outputs has no sign
+    out_name = result.output_label(output)
+    default_title = f"Sensitivity, {out_name}" if aggregate else f"Sensitivity of {out_name}"
+    lines = [title if title is not None else default_title]
     shown = f"top {k} of {result.n_in} features" if k < result.n_in else f"all {k} features"
     lines.append(f"{shown} by {_LABELS[by]}, n = {result.n:,} samples")
     if subtitle:

@@ -31,6 +31,7 @@ from jaxtyping import Array, Float
 
 from .._atomic import atomic_write
 from .._stats import (
+    _POWERS,
     STATS_FIELDS,
     StreamingStats,
     stats_from_state_dict,
@@ -214,36 +215,87 @@ class SensitivityResult(eqx.Module):
             raise ValueError(f"`output` must be in [0, {self.n_out}), got {output}.")
         return int(output) % self.n_out
 
-    def values(self, by: str = "mean_abs", output: int | str = 0) -> np.ndarray:
-        """The `(n_in,)` values of statistic `by` for one output."""
-        check_choice(by, "by", _STATS)
-        return getattr(self, by)[self._output_index(output)]
+    def output_label(self, output: int | str | None = None) -> str:
+        """The name of the output a table or figure describes: the output's name, or for
+        `output=None` on a multi-output result `"RMS over <n_out> outputs"`."""
+        if output is None:
+            if self.n_out == 1:
+                return self.output_names[0]
+            return f"RMS over {self.n_out} outputs"
+        return self.output_names[self._output_index(output)]
 
-    def se(self, by: str = "mean_abs", output: int | str = 0) -> np.ndarray | None:
-        """The `(n_in,)` standard errors of statistic `by` (None for `max_abs`)."""
-        check_choice(by, "by", _STATS)
-        if by not in _SE_OF:
-            return None
-        return getattr(self, _SE_OF[by])[self._output_index(output)]
-
-    def ranking(self, output: int | str = 0, by: str = "mean_abs") -> list[str]:
-        """Feature names sorted by decreasing importance for one output.
+    def values(self, by: str = "mean_abs", output: int | str | None = None) -> np.ndarray:
+        """The `(n_in,)` values of statistic `by` for one output, or aggregated.
 
         **Arguments:**
 
-        - `output`: output index or name.
+        - `by`: `"mean_abs"` (default), `"dgsm"`, `"std"`, `"max_abs"` or `"mean"`.
+        - `output`: an output index or name; or `None` (default): the only output of a
+            single-output result, else the root mean square over the outputs,
+            `A_i = sqrt(Σ_o v_oi² / n_out)` for the statistic `v` (so for `"mean"` the
+            aggregate is unsigned: it says how large the mean effects are, not their
+            sign).
+
+        **Returns:**
+
+        A float64 `(n_in,)` array.
+        """
+        check_choice(by, "by", _STATS)
+        v = getattr(self, by)
+        if output is None:
+            if self.n_out == 1:
+                return v[0]
+            return np.sqrt(np.mean(v * v, axis=0))
+        return v[self._output_index(output)]
+
+    def se(self, by: str = "mean_abs", output: int | str | None = None) -> np.ndarray | None:
+        """The `(n_in,)` standard errors of `values(by, output)` (None for `max_abs`).
+
+        For the root-mean-square aggregate over outputs (`output=None`, several outputs)
+        the standard error is the delta method's,
+        `se(A_i) = sqrt(Σ_o (v_oi · se_oi)²) / (n_out · A_i)` (0 where `A_i = 0`), which
+        treats the outputs' estimates as independent. They come from the same rows, so
+        with outputs whose derivatives move together the true error can be larger (up to
+        `Σ_o |v_oi| se_oi / (n_out A_i)` for perfectly correlated estimates).
+        """
+        check_choice(by, "by", _STATS)
+        if by not in _SE_OF:
+            return None
+        se = getattr(self, _SE_OF[by])
+        if output is None:
+            if self.n_out == 1:
+                return se[0]
+            v = getattr(self, by)
+            agg = np.sqrt(np.mean(v * v, axis=0))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                num = np.sqrt(np.sum((v * se) ** 2, axis=0))
+                return np.where(agg > 0, num / (self.n_out * np.where(agg > 0, agg, 1)), 0.0)
+        return se[self._output_index(output)]
+
+    def ranking(self, output: int | str | None = None, by: str = "mean_abs") -> list[str]:
+        """Feature names sorted by decreasing importance.
+
+        **Arguments:**
+
+        - `output`: output index or name; `None` (default) ranks a multi-output result by
+            the root mean square of the statistic over its outputs (see `values`), and a
+            single-output result by its one output.
         - `by`: `"mean_abs"` (default), `"dgsm"`, `"std"`, `"max_abs"`, or `"mean"`
             (ranked by `|mean|`).
 
         **Returns:**
 
         A list of the `n_in` feature names, most important first (ties keep input order).
+        `ranked_frame` gives the same order as a table that names the output.
 
         **Raises:**
 
         `ValueError` if the statistic is undefined (NaN) for a feature, as `std` is with
         a single sample: a ranking that silently put such features anywhere would lie.
         """
+        return [self.feature_names[i] for i in self._order(by, output)]
+
+    def _order(self, by: str, output: int | str | None) -> np.ndarray:
         v = self.values(by, output)
         if by == "mean":
             v = np.abs(v)
@@ -253,21 +305,36 @@ class SensitivityResult(eqx.Module):
                 f"Cannot rank by {by!r}: it is undefined (NaN) for feature "
                 f"{self.feature_names[i]!r} (n={self.n}; std needs at least 2 samples)."
             )
-        order = np.argsort(-v, kind="stable")
-        return [self.feature_names[i] for i in order]
+        return np.argsort(-v, kind="stable")
+
+    def ranked_frame(self, output: int | str | None = None, by: str = "mean_abs"):
+        """The ranking as a `pandas.DataFrame` that names the output it describes.
+
+        Columns: `output` (the output's name, or `"RMS over <n> outputs"` for the
+        aggregate), `rank` (1 = most important), `feature`, the statistic `by` and, except
+        for `max_abs`, its standard error `<by>_se` (for the aggregate, the delta-method
+        value of `se`).
+        """
+        pd = _pandas()
+        order = self._order(by, output)
+        data: dict[str, Any] = {
+            "output": [self.output_label(output)] * self.n_in,
+            "rank": np.arange(1, self.n_in + 1),
+            "feature": [self.feature_names[i] for i in order],
+            by: self.values(by, output)[order],
+        }
+        se = self.se(by, output)
+        if se is not None:
+            data[f"{by}_se"] = se[order]
+        return pd.DataFrame(data)
 
     def to_frame(self):
         """A tidy `pandas.DataFrame`: one row per (output, feature).
 
-        Columns: `output, feature, mean, mean_se, mean_abs, mean_abs_se, dgsm, dgsm_se,
-        std, std_se, max_abs`.
+        Columns: `output` (the name of the output each row describes), `feature`, `mean,
+        mean_se, mean_abs, mean_abs_se, dgsm, dgsm_se, std, std_se, max_abs`.
         """
-        try:
-            import pandas as pd
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "`SensitivityResult.to_frame` needs pandas: pip install 'jacsens[data]'."
-            ) from e
+        pd = _pandas()
         data: dict[str, Any] = {
             "output": np.repeat(np.asarray(self.output_names, dtype=object), self.n_in),
             "feature": np.tile(np.asarray(self.feature_names, dtype=object), self.n_out),
@@ -276,11 +343,135 @@ class SensitivityResult(eqx.Module):
             data[c] = getattr(self, c).reshape(-1)
         return pd.DataFrame(data)
 
-    def plot(self, kind: Literal["bar", "heatmap"] = "bar", **kwargs):
-        """A matplotlib figure: `"bar"` (one output, error bars) or `"heatmap"`.
+    # ---------------------------------------------------------------- units
 
-        Keyword arguments go to `jacsens.plot.sensitivity_bar` / `sensitivity_heatmap`
-        (`output`, `by`, `top`, `ax`, ...). Needs the `plot` extra (matplotlib).
+    def rescale(
+        self, input_scale: Float[Array, " in"] | Any, output_scale: float | Any = 1.0
+    ) -> SensitivityResult:
+        """The result in other units: derivatives multiplied by `s_i / t_o`.
+
+        If the inputs are measured in units of `s_i` (`x_i = s_i x̃_i`) and the outputs in
+        units of `t_o`, the derivative becomes `∂ỹ_o/∂x̃_i = (s_i / t_o) ∂y_o/∂x_i`; every
+        statistic follows (DGSM by the square, interactions by `s_i s_j / t_o`), as do the
+        standard errors and QMC replicates. The accumulators are rescaled exactly (the
+        power of two of each factor moves into their exponents), so the rescaled result
+        still merges and saves.
+
+        **Arguments:**
+
+        - `input_scale`: `s`, `(n_in,)` finite factors `>= 0` (a scalar applies to all).
+        - `output_scale`: `t`, a scalar or `(n_out,)` finite factors `> 0`.
+
+        **Returns:**
+
+        A new `SensitivityResult`.
+        """
+        s = np.asarray(input_scale, np.float64)
+        try:
+            s = np.broadcast_to(s, (self.n_in,))
+        except ValueError as e:
+            raise ValueError(
+                f"`input_scale` must be a scalar or have shape ({self.n_in},), got {s.shape}."
+            ) from e
+        if not np.all(np.isfinite(s) & (s >= 0)):
+            raise ValueError(f"`input_scale` must be finite and >= 0, got {s.tolist()}.")
+        t = np.asarray(output_scale, np.float64)
+        try:
+            t = np.broadcast_to(t, (self.n_out,))
+        except ValueError as e:
+            raise ValueError(
+                f"`output_scale` must be a scalar or have shape ({self.n_out},), got {t.shape}."
+            ) from e
+        if not np.all(np.isfinite(t) & (t > 0)):
+            raise ValueError(f"`output_scale` must be finite and > 0, got {t.tolist()}.")
+        c = s[None, :] / t[:, None]
+        hess = None
+        if self.hess is not None:
+            hess = _scale_stats(self.hess, c[:, :, None] * s[None, None, :])
+        reps = None
+        if self.replicates is not None:
+            reps = tuple(_scale_stats(r, c) for r in self.replicates)
+        return SensitivityResult(
+            _scale_stats(self.jac, c),
+            hess,
+            self.n_omitted,
+            self.feature_names,
+            self.output_names,
+            self.mode,
+            reps,
+        )
+
+    def scaled(
+        self,
+        X: Float[Array, "batch *in"] | Any,
+        scale: Literal["std", "range", "none"] = "std",
+    ) -> SensitivityResult:
+        """The result per standard deviation or per range of each input over `X`.
+
+        `scale="std"` multiplies `∂y/∂x_i` by the standard deviation of column `i` of `X`
+        (the effect of a one-standard-deviation change of `x_i`), `"range"` by its range
+        `max - min` (the effect of moving `x_i` across the data), `"none"` leaves the
+        model's units. Per-standard-deviation units mislead for a feature whose standard
+        deviation is made by a few rows: check `near_constant(X)`.
+
+        **Arguments:**
+
+        - `X`: data `(N, *in_shape)`, usually the rows the result was computed on.
+        - `scale`: `"std"` (default), `"range"` or `"none"`.
+
+        **Returns:**
+
+        A new `SensitivityResult` (see `rescale`).
+        """
+        check_choice(scale, "scale", ("std", "range", "none"))
+        if scale == "none":
+            return self
+        return self.rescale(_input_factors(self._flat_data(X), scale))
+
+    def near_constant(self, X: Float[Array, "batch *in"] | Any, *, share: float = 0.99):
+        """The features whose standard deviation over `X` is made by a few rows.
+
+        A feature is flagged when more than `share` of the rows of `X` hold (within
+        `1e-12` of the column's largest magnitude) one and the same value, its mode: its
+        standard deviation then measures a handful of outliers, and a sensitivity per
+        standard deviation (or per range) of it is not comparable with the others. (A
+        digits pixel that is non-zero in 1 of 1797 images is; a continuous feature, or a
+        binary one with more than 1% of each value, is not.) Constant columns are flagged.
+
+        **Arguments:**
+
+        - `X`: data `(N, *in_shape)`.
+        - `share`: the fraction of rows at the mode above which a feature is flagged, in
+            `(0, 1)`.
+
+        **Returns:**
+
+        A tuple of the flagged feature names, in input order.
+        """
+        if isinstance(share, bool) or not isinstance(share, float | int) or not 0 < share < 1:
+            raise ValueError(f"`share` must be in (0, 1), got {share!r}.")
+        mode_share = _mode_share(self._flat_data(X))
+        return tuple(n for n, m in zip(self.feature_names, mode_share, strict=True) if m > share)
+
+    def _flat_data(self, X: Any) -> np.ndarray:
+        a = np.asarray(X, np.float64)
+        if a.ndim < 2 or a.shape[0] < 1 or math.prod(a.shape[1:]) != self.n_in:
+            raise ValueError(
+                f"`X` must have shape (N, *in_shape) with {self.n_in} features per row, got "
+                f"{a.shape}."
+            )
+        a = a.reshape(a.shape[0], self.n_in)
+        if not np.all(np.isfinite(a)):
+            raise ValueError("`X` must be finite.")
+        return a
+
+    def plot(self, kind: Literal["bar", "heatmap", "map"] = "bar", **kwargs):
+        """A matplotlib figure: `"bar"` (error bars), `"heatmap"` or `"map"`.
+
+        Keyword arguments go to `jacsens.plot.sensitivity_bar` / `sensitivity_heatmap` /
+        `sensitivity_map` (`output`, `by`, `top`, `ax`, ...). The bar chart of a
+        multi-output result shows, unless `output=` picks one, the root mean square over
+        the outputs (see `values`), and its title says so. Needs the `plot` extra.
         """
         from .. import plot  # imported here: plot imports this module for its types
 
@@ -480,6 +671,76 @@ class SensitivityResult(eqx.Module):
         """
         header, jac, hess = read_file(path)
         return result_from(header, jac, hess, path)
+
+
+def _pandas():
+    try:
+        import pandas as pd
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "`SensitivityResult` tables need pandas: pip install 'jacsens[data]'."
+        ) from e
+    return pd
+
+
+def _scale_stats(state: StreamingStats, factor: np.ndarray) -> StreamingStats:
+    """`state` of `g` turned into the state of `factor · g` (`factor >= 0`, per element).
+
+    `factor = m · 2^k` with `m` in `[0.5, 1)`: the power of two goes into the exponent
+    (exact) and the scaled moments are multiplied by `m^p`, so `|u|` stays below 4."""
+    m, k = np.frexp(np.broadcast_to(np.asarray(factor, np.float64), state.shape))
+    moments = {f: np.asarray(getattr(state, f), np.float64) * m**p for f, p in _POWERS.items()}
+    exponent = np.asarray(state.exponent, np.float64) + k.astype(np.float64)
+    return StreamingStats(np.asarray(state.count, np.float64), exponent, **moments)
+
+
+def _input_factors(X: np.ndarray, scale: str) -> np.ndarray:
+    """Per-column `(n_in,)` unit of `X (N, n_in)`: its standard deviation (`ddof=0`), its
+    range `max - min`, or 1."""
+    if scale == "std":
+        return X.std(axis=0)
+    if scale == "range":
+        return X.max(axis=0) - X.min(axis=0)
+    return np.ones(X.shape[1])
+
+
+def _mode_share(X: np.ndarray) -> np.ndarray:
+    """Per column of `X (N, n)`, the largest fraction of rows within `1e-12 · max|x|` of
+    one value (sorted column; for each value, the rows up to it plus the tolerance)."""
+    N = X.shape[0]
+    S = np.sort(X, axis=0)
+    tol = 1e-12 * np.max(np.abs(S), axis=0)
+    share = np.empty(X.shape[1])
+    for j in range(X.shape[1]):
+        ends = np.searchsorted(S[:, j], S[:, j] + tol[j], side="right")
+        share[j] = np.max(ends - np.arange(N)) / N
+    return share
+
+
+def report_scaling(
+    X: np.ndarray,
+    scale: str,
+    x_std: np.ndarray | None = None,
+    y_std: float | np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """For a model fitted on `X` (standardised with raw column `x_std` and target `y_std`
+    if given, else raw): `(input_scale, output_scale, units)` that put its derivatives
+    into `scale` units (the CLI's `--scale`) through `SensitivityResult.rescale`."""
+    check_choice(scale, "scale", ("std", "range", "none"))
+    n_in = X.shape[1]
+    standardised = x_std is not None
+    y_unit = "standard deviations of y" if standardised else "units of y"
+    one_out = np.ones(1)
+    if scale == "range":
+        return _input_factors(X, "range"), one_out, f"{y_unit} per range (max - min) of x"
+    if scale == "std":
+        if standardised:
+            return np.ones(n_in), one_out, f"{y_unit} per standard deviation of x"
+        return _input_factors(X, "std"), one_out, f"{y_unit} per standard deviation of x"
+    if standardised:
+        ys = np.ravel(np.asarray(y_std, np.float64))
+        return 1.0 / np.asarray(x_std, np.float64), 1.0 / ys, "units of y per unit of x"
+    return np.ones(n_in), one_out, "units of y per unit of x"
 
 
 class NormalisedDGSM(NamedTuple):
