@@ -7,7 +7,11 @@ expanded into many points (integration steps, noisy copies).
 For a model with several outputs, `target` picks the output being explained: an int
 (flat index into the output), a tuple (index into a multi-dimensional output), or an
 integer array `(B,)` with one flat index per row. A model whose output has exactly one
-element needs no `target`. An out-of-range target raises `ValueError` naming `target`;
+element needs no `target`. `target="all"` explains every output at once: the result gains
+the output's axes, `(B, *out_shape, *in_shape)`, and is computed in one vectorised call
+from input Jacobians (`Plan.jacobian`, the same engine and mode choice as
+`jacsens.input_jacobian`) instead of one gradient pass per output. An out-of-range target
+raises `ValueError` naming `target`;
 for a target array traced under `jit` the check runs with the program (an
 `equinox.error_if` runtime error; NaN results under `EQX_ON_ERROR=nan`), so an
 out-of-range entry is never silently clamped to the last output.
@@ -29,7 +33,7 @@ from ._batching import map_chunks
 from ._plan import make_plan
 from ._validate import as_float_array, check_choice, check_positive_int
 
-Target = int | tuple[int, ...] | Int[Array, " batch"] | None
+Target = int | tuple[int, ...] | Int[Array, " batch"] | Literal["all"] | None
 IG_METHODS = (
     "gausslegendre",
     "riemann_trapezoid",
@@ -53,6 +57,10 @@ def _prepare(model, X, target, chunk_size):
         X = X.astype(plan.dtype)
     n_out = math.prod(out_shape)
     B = X.shape[0]
+    if isinstance(target, str):
+        if target != "all":
+            raise ValueError(f"`target` as a string must be 'all', got {target!r}.")
+        return X, None, chunk_size
     if target is None:
         if n_out != 1:
             raise ValueError(
@@ -103,7 +111,8 @@ def _prepare(model, X, target, chunk_size):
         return X, jnp.asarray(t, jnp.int32), chunk_size
     else:
         raise TypeError(
-            f"`target` must be None, an int, a tuple or an integer array, got {target!r:.60}."
+            f"`target` must be None, 'all', an int, a tuple or an integer array, got "
+            f"{target!r:.60}."
         )
     return X, jnp.full((B,), flat, jnp.int32), chunk_size
 
@@ -123,6 +132,60 @@ def _selected(model):
         return y[jnp.clip(t, 0, n - 1)] * scale
 
     return f
+
+
+def _path_plan(model, X: Array, per_row: int, chunk_size: int | None):
+    """The plan for Jacobians of `per_row` points per row of `X`, `chunk_size` rows at a
+    time: the mode is chosen for the batch of points one chunk evaluates."""
+    rows = X.shape[0] if chunk_size is None else min(X.shape[0], chunk_size)
+    points = jax.ShapeDtypeStruct((max(rows, 1) * per_row, *X.shape[1:]), X.dtype)
+    return make_plan(model, points, "auto")
+
+
+def _out_axes(a: Array, n_out_axes: int) -> Array:
+    """`a (B, *in)` with `n_out_axes` axes of size 1 after the batch axis, to broadcast
+    against Jacobians `(B, *out, *in)`."""
+    return a.reshape(a.shape[:1] + (1,) * n_out_axes + a.shape[1:])
+
+
+@eqx.filter_jit
+def _jacobian_all(plan, model, X, chunk_size):
+    return plan.jacobian(model, X, chunk_size)
+
+
+@eqx.filter_jit
+def _ig_all_impl(plan, model, X, base, alphas, weights, chunk_size):
+    n_steps = alphas.shape[0]
+    k = len(plan.out_shape)
+    in_axes = tuple(range(-len(plan.in_shape), 0))
+
+    def chunk(Xc, Bc):
+        c = Xc.shape[0]
+        d = Xc - Bc
+        a = alphas.reshape((1, n_steps) + (1,) * (Xc.ndim - 1))
+        path = (Bc[:, None] + a * d[:, None]).reshape(c * n_steps, *Xc.shape[1:])
+        J = plan.jacobian(model, path).reshape(c, n_steps, *plan.out_shape, *plan.in_shape)
+        avg = jnp.tensordot(weights.astype(J.dtype), J, axes=((0,), (1,)))
+        attr = _out_axes(d.astype(J.dtype), k) * avg
+        gap = jax.vmap(model)(Xc) - jax.vmap(model)(Bc)
+        delta = jnp.sum(attr, axis=in_axes) - gap.astype(J.dtype)
+        return attr, delta
+
+    return map_chunks(chunk, X, base, chunk_size=chunk_size)
+
+
+@eqx.filter_jit
+def _smoothgrad_all_impl(plan, model, X, keys, n_samples, stdev, squared, chunk_size):
+    def chunk(Xc, Kc):
+        c = Xc.shape[0]
+        noise = jax.vmap(lambda k: jax.random.normal(k, (n_samples, *Xc.shape[1:]), Xc.dtype))(
+            Kc
+        )
+        points = (Xc[:, None] + stdev * noise).reshape(c * n_samples, *Xc.shape[1:])
+        J = plan.jacobian(model, points).reshape(c, n_samples, *plan.out_shape, *plan.in_shape)
+        return jnp.mean(J * J if squared else J, axis=1)
+
+    return map_chunks(chunk, X, keys, chunk_size=chunk_size)
 
 
 @eqx.filter_jit
@@ -148,15 +211,19 @@ def saliency(
 
     - `model`: callable on one sample.
     - `X`: inputs `(B, *in_shape)`.
-    - `target`: the output to explain (see the module docstring).
+    - `target`: the output to explain (see the module docstring); `"all"`: every
+        output, i.e. the input Jacobian of each row.
     - `abs`: take the absolute value (default) or keep the sign.
     - `chunk_size`: rows per chunk.
 
     **Returns:**
 
-    `(B, *in_shape)`.
+    `(B, *in_shape)`; `(B, *out_shape, *in_shape)` for `target="all"`.
     """
     X, T, chunk_size = _prepare(model, X, target, chunk_size)
+    if T is None:
+        g = _jacobian_all(make_plan(model, X, "auto", chunk_size=chunk_size), model, X, chunk_size)
+        return jnp.abs(g) if abs else g
     g = _grad_impl(model, X, T, chunk_size)
     return jnp.abs(g) if abs else g
 
@@ -176,14 +243,19 @@ def gradient_x_input(
 
     - `model`: callable on one sample.
     - `X`: inputs `(B, *in_shape)`.
-    - `target`: the output to explain.
+    - `target`: the output to explain; `"all"`: every output, `x ⊙ J_o` for each row
+        `J_o` of the input Jacobian.
     - `chunk_size`: rows per chunk.
 
     **Returns:**
 
-    `(B, *in_shape)`.
+    `(B, *in_shape)`; `(B, *out_shape, *in_shape)` for `target="all"`.
     """
     X, T, chunk_size = _prepare(model, X, target, chunk_size)
+    if T is None:
+        plan = make_plan(model, X, "auto", chunk_size=chunk_size)
+        J = _jacobian_all(plan, model, X, chunk_size)
+        return _out_axes(X.astype(J.dtype), len(plan.out_shape)) * J
     return X * _grad_impl(model, X, T, chunk_size)
 
 
@@ -243,7 +315,9 @@ def integrated_gradients(
     - `model`: callable on one sample.
     - `X`: inputs `(B, *in_shape)`.
     - `baseline`: `x'`, a scalar, one sample `in_shape`, or one per row `(B, *in_shape)`.
-    - `target`: the output to explain.
+    - `target`: the output to explain; `"all"`: every output, from the path integral of
+        the input Jacobian, `(x - x') ⊙ Σ_k w_k J(x' + α_k (x - x'))` (the `n_steps`
+        Jacobians of a row are computed as one batch).
     - `n_steps`: quadrature points (≥ 1; ≥ 2 for `riemann_trapezoid`).
     - `method`: `"gausslegendre"` (default; exact for polynomial paths of degree
         `< 2 n_steps`), `"riemann_trapezoid"`, `"riemann_left"`, `"riemann_right"` or
@@ -254,7 +328,8 @@ def integrated_gradients(
     **Returns:**
 
     The attributions `(B, *in_shape)`, and if `return_delta` the completeness error
-    `delta = Σ_i IG_i - (y_t(x) - y_t(x'))` of shape `(B,)`.
+    `delta = Σ_i IG_i - (y_t(x) - y_t(x'))` of shape `(B,)`. For `target="all"`:
+    `(B, *out_shape, *in_shape)` and `delta` of shape `(B, *out_shape)`, one per output.
     """
     check_choice(method, "method", IG_METHODS)
     if isinstance(n_steps, bool) or not isinstance(n_steps, int | np.integer) or n_steps < 1:
@@ -271,6 +346,17 @@ def integrated_gradients(
             f"got {base.shape}."
         ) from e
     alphas, weights = _ig_nodes(method, int(n_steps))
+    if T is None:
+        attr, delta = _ig_all_impl(
+            _path_plan(model, X, int(n_steps), chunk_size),
+            model,
+            X,
+            base,
+            jnp.asarray(alphas, X.dtype),
+            jnp.asarray(weights, X.dtype),
+            chunk_size,
+        )
+        return (attr, delta) if return_delta else attr
     attr, delta = _ig_impl(
         model,
         X,
@@ -317,7 +403,9 @@ def smoothgrad(
     - `model`: callable on one sample.
     - `X`: inputs `(B, *in_shape)`.
     - `key`: a JAX PRNG key (keyword-only, required).
-    - `target`: the output to explain.
+    - `target`: the output to explain; `"all"`: every output, the mean of the input
+        Jacobians (or of their squares) at the noisy copies, with the same noise as one
+        call per output.
     - `n_samples`: noisy copies per row (≥ 1).
     - `stdev`: standard deviation of the noise, in the units of `X` (≥ 0; 0 gives the
         plain gradient). Scale it to your inputs' range.
@@ -326,7 +414,7 @@ def smoothgrad(
 
     **Returns:**
 
-    `(B, *in_shape)`.
+    `(B, *in_shape)`; `(B, *out_shape, *in_shape)` for `target="all"`.
     """
     if isinstance(n_samples, bool) or not isinstance(n_samples, int | np.integer) or n_samples < 1:
         raise ValueError(f"`n_samples` must be an int >= 1, got {n_samples!r}.")
@@ -339,6 +427,17 @@ def smoothgrad(
             raise TypeError(f"`key` must be a JAX PRNG key, got {type(key).__name__}.")
     X, T, chunk_size = _prepare(model, X, target, chunk_size)
     keys = jax.random.split(key, X.shape[0])
+    if T is None:
+        return _smoothgrad_all_impl(
+            _path_plan(model, X, int(n_samples), chunk_size),
+            model,
+            X,
+            keys,
+            int(n_samples),
+            jnp.asarray(stdev, X.dtype),
+            bool(squared),
+            chunk_size,
+        )
     return _smoothgrad_impl(
         model, X, keys, T, int(n_samples), jnp.asarray(stdev, X.dtype), bool(squared), chunk_size
     )
