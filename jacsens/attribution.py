@@ -57,9 +57,7 @@ def _prepare(model, X, target, chunk_size):
         X = X.astype(plan.dtype)
     n_out = math.prod(out_shape)
     B = X.shape[0]
-    if isinstance(target, str):
-        if target != "all":
-            raise ValueError(f"`target` as a string must be 'all', got {target!r}.")
+    if isinstance(target, str) and target == "all":
         return X, None, chunk_size
     if target is None:
         if n_out != 1:
