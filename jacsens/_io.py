@@ -5,15 +5,19 @@ Model file layout, format version 2 (all in one file):
 1. the magic line `JACSENS-MODEL\\n`;
 2. the checksum line `sha256 <64 hex digits>\\n`: the SHA-256 of everything after it;
 3. one line of JSON (the header): format version, jacsens version, model class, the
-   constructor arguments needed to rebuild a skeleton, the shape and dtype of every array
-   leaf, and the size of the payload;
+   shape and dtype of every array leaf, the size of the payload, and either
+   - for a `jacsens.MLP`/`eqx.nn.MLP`: the constructor arguments that rebuild it, or
+   - for any other Equinox module or pytree of arrays: its `structure`, one entry per node
+     and leaf in flattening order (node classes, field names, static fields, leaf shapes
+     and dtypes, callables by qualified name), and optionally the `input` shape;
 4. the payload: `eqx.tree_serialise_leaves` of the model.
 
 The checksum covers the header as well as the parameters, so no edit or damage anywhere in
-the file goes unnoticed: `load` verifies it before it parses anything, then rebuilds the
-skeleton from the header (never unpickling anything), checks every leaf's shape and dtype
-against it, and deserialises into it. Every way a file can be wrong is a `ValueError`
-naming the file.
+the file goes unnoticed: `load` verifies it before it parses anything, then builds the
+skeleton (from the constructor arguments of an MLP, or from the caller's `like` for any
+other model; never by unpickling or importing anything named in the file), checks every
+leaf's shape and dtype against it, and deserialises into it. Every way a file can be wrong
+is a `ValueError` naming the file.
 
 `FitRecord` is what `jacsens fit`/`jacsens analyze` record about a fit in `summary.json`
 (data, standardisation, split, seed, hyper-parameters, metrics), with a JSON round trip.
@@ -28,12 +32,13 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._atomic import atomic_write, to_json_compatible
 from ._models import ACTIVATIONS, MLP, activation_callable, identify_activation
@@ -160,8 +165,149 @@ def _leaf_specs(model: Any) -> list[dict[str, Any]]:
     ]
 
 
-def save(path: PathLike, model: Any) -> None:
+def _qualname(obj: Any) -> tuple[str, str]:
+    """`(module, qualified name)` of a class or function (`"?"` where it has none)."""
+    module = getattr(obj, "__module__", None)
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    if not isinstance(name, str):  # an instance: name its class
+        return _qualname(type(obj))
+    return (module if isinstance(module, str) else "?"), name
+
+
+def _static_value(value: Any) -> Any:
+    """A static field's value as JSON: numbers, strings and containers as they are,
+    dtypes by name, callables and classes by qualified name, other objects by class."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"float": repr(value)}
+    if isinstance(value, list | tuple):
+        return [_static_value(v) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {"dict": {k: _static_value(v) for k, v in value.items()}}
+    if isinstance(value, np.dtype):
+        return {"dtype": str(value)}
+    module, name = _qualname(value)
+    if callable(value):
+        return {"callable": name, "module": module}
+    text = repr(value)
+    # A repr with a memory address would differ between the saving and loading process.
+    return {"object": name, "module": module, **({} if "0x" in text else {"repr": text})}
+
+
+def _leaf_entry(leaf: Any) -> dict[str, Any]:
+    if _is_leaf_array(leaf):
+        return {"shape": list(leaf.shape), "dtype": str(leaf.dtype)}
+    if isinstance(leaf, bool | int | float | complex):
+        # Stored in the payload by `tree_serialise_leaves`: the type is the structure.
+        return {"scalar": type(leaf).__name__}
+    if isinstance(leaf, str):
+        return {"value": leaf}
+    module, name = _qualname(leaf)
+    if callable(leaf):
+        return {"callable": name, "module": module}
+    return {"object": name, "module": module}
+
+
+def structure(model: Any) -> list[dict[str, Any]]:
+    """The structural description `save` records of a pytree (for files of any model
+    other than an MLP), and `load` compares a skeleton against.
+
+    One entry per node and leaf, in depth-first flattening order, each with its `path`
+    (`jax.tree_util.keystr`): a node has its class (`node`, `module`), the keys of its
+    children (`children`) and, for an Equinox module, its static fields (`static`, as
+    JSON); an array leaf (or `jax.ShapeDtypeStruct`) has `shape` and `dtype`; a Python
+    number leaf its type (`scalar`: its value is in the payload); a function leaf its
+    qualified name (`callable`, `module`); `None` is `{"none": true}`.
+
+    **Arguments:**
+
+    - `model`: an Equinox module or any pytree (arrays may be `jax.ShapeDtypeStruct`s).
+
+    **Returns:**
+
+    The list of entries (JSON-serialisable).
+    """
+    entries: list[dict[str, Any]] = []
+
+    def visit(node: Any, path: tuple) -> None:
+        where = jax.tree_util.keystr(path)
+        if node is None:
+            entries.append({"path": where, "none": True})
+            return
+        children, treedef = jax.tree_util.tree_flatten_with_path(
+            node, is_leaf=lambda x: x is not node
+        )
+        if _is_leaf_array(node) or jax.tree_util.treedef_is_leaf(treedef):
+            entries.append({"path": where, **_leaf_entry(node)})
+            return
+        module, name = _qualname(type(node))
+        entry: dict[str, Any] = {
+            "path": where,
+            "node": name,
+            "module": module,
+            "children": [jax.tree_util.keystr(k) for k, _ in children],
+        }
+        if isinstance(node, eqx.Module):
+            entry["static"] = {
+                f.name: _static_value(getattr(node, f.name, None))
+                for f in dataclasses.fields(node)
+                if f.metadata.get("static", False)
+            }
+        entries.append(entry)
+        for key, child in children:
+            visit(child, (*path, *key))
+
+    visit(model, ())
+    return entries
+
+
+def _comparable(x: Any) -> Any:
+    """`x` without module paths: one file can be imported under two names (as
+    `tests._skeletons` and by its path), and its classes are the same classes."""
+    if isinstance(x, dict):
+        return {k: _comparable(v) for k, v in x.items() if k != "module"}
+    if isinstance(x, list):
+        return [_comparable(v) for v in x]
+    return x
+
+
+def _describe_entry(entry: dict[str, Any]) -> str:
+    if "shape" in entry:
+        return f"an array {entry['dtype']}{entry['shape']}"
+    if "node" in entry:
+        static = f", static {entry['static']}" if entry.get("static") else ""
+        return f"a {entry['node']} with children {entry['children']}{static}"
+    return ", ".join(f"{k} {v!r}" for k, v in entry.items() if k not in ("path", "module"))
+
+
+def _first_mismatch(saved: list[dict[str, Any]], like: list[dict[str, Any]]) -> str | None:
+    """Where the skeleton's structure first departs from the file's, in words."""
+    for i in range(max(len(saved), len(like))):
+        if i >= len(saved):
+            where = like[i]["path"] or "the root"
+            return f"`like` has more: at {where}, {_describe_entry(like[i])}"
+        if i >= len(like):
+            where = saved[i]["path"] or "the root"
+            return f"`like` has nothing at {where}, where the file has {_describe_entry(saved[i])}"
+        a, b = _comparable(saved[i]), _comparable(like[i])
+        if a != b:
+            where = saved[i].get("path") or "the root"
+            return (
+                f"at {where} the file has {_describe_entry(saved[i])}, `like` has "
+                f"{_describe_entry(like[i])}"
+            )
+    return None
+
+
+def save(path: PathLike, model: Any, *, input_shape: Sequence[int] | None = None) -> None:
     """Save a model to `path`: a header describing it, the parameters, and a checksum of both.
+
+    A `jacsens.MLP` or `equinox.nn.MLP` (with an activation from `jacsens.ACTIVATIONS`
+    that has a `jax.nn`/`jnp` counterpart) is stored with its constructor arguments, and
+    `load(path)` rebuilds it. Any other Equinox module or pytree of arrays is stored with
+    its structure (see `structure`): `load(path, like=...)` restores it into a skeleton
+    of the same structure.
 
     The file is written to a temporary file in the same folder and moved into place with
     `os.replace`, so an interrupted or failed save never leaves a half-written file, and an
@@ -170,32 +316,71 @@ def save(path: PathLike, model: Any) -> None:
     **Arguments:**
 
     - `path`: destination file (conventionally `*.jsns`); its folder must exist.
-    - `model`: a `jacsens.MLP` or an `equinox.nn.MLP` (with an activation from the
-        table of `jacsens.ACTIVATIONS` that has a `jax.nn`/`jnp` counterpart).
+    - `model`: an Equinox module or pytree whose leaves are arrays, Python numbers,
+        functions or `None`.
+    - `input_shape`: the shape of one input sample, recorded in the header (the command
+        line's `explain`/`check`/`bench` read it); an MLP's is recorded from its
+        `in_size`, and must agree if given.
 
     **Raises:**
 
-    `TypeError` if the model type cannot be saved or `path` is not a path; `ValueError`
-    naming `path` if its folder does not exist or it is a folder; `OSError` from the file
-    system.
+    `TypeError` if the model has no array leaves or a PRNG-key leaf, or `path` is not a
+    path; `ValueError` for a bad `input_shape`, or naming `path` if its folder does not
+    exist or it is a folder; `OSError` from the file system.
     """
     from . import __version__
 
     if not isinstance(path, str | os.PathLike):
         raise TypeError(f"`path` must be a str or os.PathLike, got {type(path).__name__}.")
-    cls, hp = describe_model(model)
-    buf = io.BytesIO()
-    eqx.tree_serialise_leaves(buf, model)
-    payload = buf.getvalue()
-    header = {
+    shape = None
+    if input_shape is not None:
+        if not isinstance(input_shape, Sequence) or not all(
+            _is_int(d) and d >= 0 for d in input_shape
+        ):
+            raise ValueError(
+                f"`input_shape` must be a sequence of non-negative ints, got {input_shape!r}."
+            )
+        shape = [int(d) for d in input_shape]
+    header: dict[str, Any] = {
         "format": "jacsens-model",
         "format_version": FORMAT_VERSION,
         "jacsens_version": __version__,
-        "class": cls,
-        "hyperparameters": hp,
-        "leaves": _leaf_specs(model),
-        "payload_bytes": len(payload),
     }
+    try:
+        cls, hp = describe_model(model)
+    except TypeError:
+        cls = None
+    if cls is not None:
+        in_size = hp["in_size"]
+        mlp_shape = [] if in_size == "scalar" else [int(in_size)]
+        if shape is not None and shape != mlp_shape:
+            raise ValueError(
+                f"`input_shape` must be the MLP's input shape {tuple(mlp_shape)}, got "
+                f"{tuple(shape)}."
+            )
+        header.update({"class": cls, "hyperparameters": hp})
+        shape = mlp_shape
+    else:
+        leaves = jax.tree_util.tree_leaves_with_path(eqx.filter(model, eqx.is_array))
+        if not leaves:
+            raise TypeError(
+                f"`model` ({type(model).__name__}) has no array leaves: nothing to save."
+            )
+        for where, leaf in leaves:
+            if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+                raise TypeError(
+                    f"`model` has a PRNG key at {jax.tree_util.keystr(where)}: keys cannot "
+                    "be stored; store jax.random.key_data(key) instead."
+                )
+        module, name = _qualname(type(model))
+        header.update({"class": f"{module}.{name}", "structure": structure(model)})
+    buf = io.BytesIO()
+    eqx.tree_serialise_leaves(buf, model)
+    payload = buf.getvalue()
+    header["leaves"] = _leaf_specs(model)
+    header["payload_bytes"] = len(payload)
+    if shape is not None:
+        header["input_shape"] = shape
     body = json.dumps(header, separators=(",", ":")).encode("utf-8") + b"\n" + payload
     checksum = b"sha256 " + hashlib.sha256(body).hexdigest().encode("ascii") + b"\n"
 
@@ -283,13 +468,15 @@ def _check_header(header: Any, n_payload: int, path: str) -> None:
             f"version {FORMAT_VERSION} (the file was written by jacsens "
             f"{header.get('jacsens_version', '?')})."
         )
-    required = {
+    required: dict[str, type] = {
         "format": str,
         "class": str,
-        "hyperparameters": dict,
         "leaves": list,
         "payload_bytes": int,
     }
+    # A file of any model but an MLP has its structure; an MLP's its constructor arguments.
+    generic = "structure" in header
+    required["structure" if generic else "hyperparameters"] = list if generic else dict
     for name, kind in required.items():
         value = header.get(name)
         if not isinstance(value, kind) or isinstance(value, bool):
@@ -299,8 +486,16 @@ def _check_header(header: Any, n_payload: int, path: str) -> None:
             )
     if header["format"] != "jacsens-model":
         raise ValueError(f"{path!r} is not a jacsens model file (format {header['format']!r}).")
-    if header["class"] not in _CLASSES:
+    if not generic and header["class"] not in _CLASSES:
         raise ValueError(f"{path!r} holds a model of unknown class {header['class']!r}.")
+    shape = header.get("input_shape")
+    if shape is not None and (
+        not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape)
+    ):
+        raise ValueError(
+            f"{path!r} has an invalid header: field 'input_shape' must be a list of "
+            f"non-negative ints, got {shape!r}."
+        )
     n_bytes = 0
     for i, spec in enumerate(header["leaves"]):
         shape = spec.get("shape") if isinstance(spec, dict) else None
@@ -319,6 +514,8 @@ def _check_header(header: Any, n_payload: int, path: str) -> None:
         except TypeError:
             raise ValueError(f"{path!r} has an invalid header: leaf {i} dtype {dtype!r}.") from None
         n_bytes += math.prod(shape) * itemsize
+    if generic:
+        _check_structure(header["structure"], header["leaves"], path)
     if header["payload_bytes"] != n_payload:
         what = "is truncated" if n_payload < header["payload_bytes"] else "has trailing data"
         raise ValueError(
@@ -332,46 +529,116 @@ def _check_header(header: Any, n_payload: int, path: str) -> None:
         )
 
 
-def load(path: PathLike) -> Any:
+def _check_structure(entries: list[Any], leaves: list[Any], path: str) -> None:
+    """The structure is a list of entries with a `path`, and its arrays are the leaves."""
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise ValueError(
+                f"{path!r} has an invalid header: structure entry {i} must be an object "
+                f'with a "path", got {entry!r}.'
+            )
+    arrays = [{"shape": e["shape"], "dtype": e.get("dtype")} for e in entries if "shape" in e]
+    if arrays != leaves:
+        raise ValueError(
+            f"{path!r} has an invalid header: the arrays of its structure ({_fmt(arrays)}) "
+            f"are not its leaves ({_fmt(leaves)})."
+        )
+    if not entries:
+        raise ValueError(f"{path!r} has an invalid header: its structure is empty.")
+
+
+def _skeleton_of(like: Any, path: str) -> Any:
+    """The skeleton `like` gives: itself, or for a function (not a module), `like(key)`
+    evaluated abstractly (shapes and dtypes only, nothing allocated)."""
+    if isinstance(like, eqx.Module) or not callable(like):
+        return like
+    try:
+        return eqx.filter_eval_shape(like, jax.random.key(0))
+    except Exception as e:
+        raise ValueError(
+            f"`like` is a function, so it is called as like(key) to build the skeleton for "
+            f"{path!r}, and that failed: {type(e).__name__}: {e}"
+        ) from None
+
+
+def load(path: PathLike, like: Any = None) -> Any:
     """Load a model written by `jacsens.save`.
 
-    The whole file is checked against its checksum first; then the model is rebuilt from
-    the saved constructor arguments (with a dummy key), every parameter's shape and dtype is
-    checked against the header, and the parameters are read into it; nothing is unpickled.
-    The loaded model gives bit-identical outputs to the saved one.
+    The whole file is checked against its checksum first. An MLP is then rebuilt from the
+    saved constructor arguments (with a dummy key); any other model is restored into the
+    skeleton `like`, whose structure (node classes, fields, static fields, every leaf's
+    shape and dtype: see `jacsens.save`) must be the one the file records. The parameters
+    are read into it; nothing is unpickled or imported. The loaded model gives
+    bit-identical outputs to the saved one.
+
+    Module paths of classes and functions are recorded but not compared (one file can be
+    imported under two module names); their qualified names are.
 
     **Arguments:**
 
     - `path`: a file written by `jacsens.save`.
+    - `like`: for a file of any model but an MLP, required: a model of the same structure
+        (a freshly built one, or `eqx.filter_eval_shape(MyModel, ..., key=key)`, whose
+        leaves are `jax.ShapeDtypeStruct`s), or a function (not a module) that builds one
+        from a PRNG key, `like(key)` (evaluated abstractly: nothing is allocated). For an
+        MLP file, optional: the rebuilt MLP is checked against it.
 
     **Returns:**
 
-    The model (`jacsens.MLP` or `equinox.nn.MLP`).
+    The model: a `jacsens.MLP` or `equinox.nn.MLP`, or `like`'s structure with the saved
+    leaves.
 
     **Raises:**
 
     `ValueError` naming `path` if the file is not a jacsens model file, is truncated,
     damaged or edited (checksum), was written in another format version, or its header and
-    parameters disagree; `FileNotFoundError` if it does not exist.
+    parameters disagree; if the file needs a skeleton and `like` is missing; or naming
+    `like` and the first mismatching node or leaf (its path) if `like` does not match the
+    file; `FileNotFoundError` if it does not exist.
     """
     header, payload = _read(path)
     path = os.fspath(path)
-    cls, hp = header["class"], header["hyperparameters"]
+    if "structure" in header:
+        if like is None:
+            raise ValueError(
+                f"{path!r} holds a {header['class']}, not an MLP: loading it needs a "
+                "skeleton of the same structure, `jacsens.load(path, like=...)` with a model "
+                "built the same way, its eqx.filter_eval_shape, or a function of a key that "
+                "builds it."
+            )
+        skeleton = _skeleton_of(like, path)
+        mismatch = _first_mismatch(header["structure"], structure(skeleton))
+        if mismatch is not None:
+            raise ValueError(
+                f"`like` does not match the model in {path!r}: {mismatch}."
+                + _x64_hint(header["leaves"])
+            )
+        expected = header["leaves"]
+    else:
+        cls, hp = header["class"], header["hyperparameters"]
+        try:
+            # Shapes first, without allocating: a header may describe any size.
+            expected = _leaf_specs(eqx.filter_eval_shape(_skeleton, cls, hp))
+        except Exception as e:
+            raise ValueError(
+                f"{path!r} has invalid constructor arguments for {cls}: {type(e).__name__}: {e}"
+            ) from None
+        if expected != header["leaves"]:
+            raise ValueError(
+                f"{path!r}: the saved parameters (shapes/dtypes {_fmt(header['leaves'])}) do "
+                f"not match the model its header describes ({_fmt(expected)})."
+                + _x64_hint(header["leaves"])
+            )
+        skeleton = _skeleton(cls, hp)
+        if like is not None:
+            mismatch = _first_mismatch(structure(skeleton), structure(_skeleton_of(like, path)))
+            if mismatch is not None:
+                raise ValueError(
+                    f"`like` does not match the {cls} in {path!r}: {mismatch}."
+                    + _x64_hint(header["leaves"])
+                )
     try:
-        # Shapes first, without allocating: a header may describe any size.
-        expected = _leaf_specs(eqx.filter_eval_shape(_skeleton, cls, hp))
-    except Exception as e:
-        raise ValueError(
-            f"{path!r} has invalid constructor arguments for {cls}: {type(e).__name__}: {e}"
-        ) from None
-    if expected != header["leaves"]:
-        raise ValueError(
-            f"{path!r}: the saved parameters (shapes/dtypes {_fmt(header['leaves'])}) do not "
-            f"match the model its header describes ({_fmt(expected)})."
-            + _x64_hint(header["leaves"])
-        )
-    try:
-        model = eqx.tree_deserialise_leaves(io.BytesIO(payload), _skeleton(cls, hp))
+        model = eqx.tree_deserialise_leaves(io.BytesIO(payload), skeleton)
     except Exception as e:
         raise ValueError(
             f"{path!r}: could not read the parameters: {type(e).__name__}: {e}"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import _skeletons
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -367,14 +368,17 @@ def test_failed_save_leaves_existing_file_intact(tmp_path, getkey, monkeypatch):
     assert _same_outputs(jacsens.load(path), old, x)
 
 
-def test_save_refuses_unsupported_models(tmp_path, getkey):
-    with pytest.raises(TypeError, match="model"):
-        jacsens.save(tmp_path / "f.jsns", eqx.nn.Linear(2, 2, key=getkey()))
-    odd = eqx.nn.MLP(2, 2, 3, 1, activation=lambda z: z**3, key=getkey())
-    with pytest.raises(TypeError, match="activation"):
-        jacsens.save(tmp_path / "f.jsns", odd)
+def test_save_refuses_unsaveable_models(tmp_path, getkey):
+    with pytest.raises(TypeError, match="no array leaves"):
+        jacsens.save(tmp_path / "f.jsns", {"a": 1.0, "f": jnp.tanh})
+    with pytest.raises(TypeError, match=r"PRNG key at \['key'\]"):
+        jacsens.save(tmp_path / "f.jsns", {"w": jnp.ones(2), "key": getkey()})
     with pytest.raises(TypeError, match="path"):
         jacsens.save(3, jacsens.MLP(2, (), 2, key=getkey()))
+    with pytest.raises(ValueError, match="`input_shape` must be the MLP's input shape"):
+        jacsens.save(tmp_path / "f.jsns", jacsens.MLP(2, (), 2, key=getkey()), input_shape=(3,))
+    with pytest.raises(ValueError, match="`input_shape` must be a sequence"):
+        jacsens.save(tmp_path / "f.jsns", {"w": jnp.ones(2)}, input_shape=(-1,))
     assert os.listdir(tmp_path) == []
 
 
@@ -383,14 +387,191 @@ def test_load_missing_file(tmp_path):
         jacsens.load(tmp_path / "absent.jsns")
 
 
-def test_save_refuses_subclass(tmp_path):
-    """load() would rebuild the base class and silently drop the subclass's behaviour."""
+def test_mlp_subclass_and_odd_activation_are_saved_by_structure(tmp_path, getkey):
+    """`load` without `like` would rebuild the base class and silently drop a subclass's
+    own behaviour, so a subclass (or an activation without a name) is saved as any other
+    module: its structure is recorded and loading it needs a skeleton."""
 
     class Sub(jacsens.MLP):
         def __call__(self, x, *, key=None):
             return -super().__call__(x)
 
-    model = Sub(3, (4,), 2, key=jax.random.key(0))
-    with pytest.raises(TypeError, match="Sub"):
-        jacsens.save(tmp_path / "m.jsns", model)
-    assert not (tmp_path / "m.jsns").exists()
+    model = Sub(3, (4,), 2, key=getkey(), dtype=jnp.float32)
+    jacsens.save(tmp_path / "m.jsns", model)
+    assert _io.read_header(tmp_path / "m.jsns")["class"].endswith("Sub")
+    with pytest.raises(ValueError, match=r"m\.jsns.*holds a .*Sub, not an MLP.*like="):
+        jacsens.load(tmp_path / "m.jsns")
+    loaded = jacsens.load(
+        tmp_path / "m.jsns", like=Sub(3, (4,), 2, key=getkey(), dtype=jnp.float32)
+    )
+    assert type(loaded) is Sub
+    x = jax.random.normal(getkey(), (5, 3), jnp.float32)
+    assert _same_outputs(model, loaded, x)
+    # A plain MLP of the same shapes is another class: refused at the root.
+    with pytest.raises(ValueError, match="`like` does not match.*at the root.*Sub.*MLP"):
+        jacsens.load(
+            tmp_path / "m.jsns", like=jacsens.MLP(3, (4,), 2, key=getkey(), dtype=jnp.float32)
+        )
+
+    odd = eqx.nn.MLP(2, 2, 3, 1, activation=lambda z: z**3, key=getkey(), dtype=jnp.float32)
+    jacsens.save(tmp_path / "odd.jsns", odd)
+    entries = _io.read_header(tmp_path / "odd.jsns")["structure"]
+    assert {"path": ".activation", "callable": odd.activation.__qualname__} in [
+        {k: e[k] for k in ("path", "callable") if k in e} for e in entries
+    ]
+    again = jacsens.load(tmp_path / "odd.jsns", like=odd)
+    x = jax.random.normal(getkey(), (4, 2), jnp.float32)
+    assert _same_outputs(odd, again, x)
+    # The recorded function names must agree: a tanh MLP is not a cube MLP.
+    tanh = eqx.nn.MLP(2, 2, 3, 1, activation=jnp.tanh, key=getkey(), dtype=jnp.float32)
+    with pytest.raises(ValueError, match=r"at \.activation the file has callable"):
+        jacsens.load(tmp_path / "odd.jsns", like=tanh)
+
+
+# --------------------------------------------------------------------------- any model
+
+
+def _build(name, key, dtype):
+    return {"conv": _skeletons.ConvNet, "residual": _skeletons.Residual}.get(
+        name, _skeletons.Scanned
+    )(key, dtype)
+
+
+_INPUTS = {
+    "conv": _skeletons.CONV_INPUT,
+    "residual": _skeletons.RESIDUAL_INPUT,
+    "scan": _skeletons.SCAN_INPUT,
+}
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name", ["conv", "residual", "scan"])
+def test_any_model_round_trip_bit_identical(tmp_path, getkey, name, dtype):
+    """Outputs, input Jacobians and leaves of the loaded model are the original's, bit
+    for bit, whichever way the skeleton is given."""
+    model = _build(name, getkey(), dtype)
+    path = tmp_path / "net.jsns"
+    jacsens.save(path, model, input_shape=_INPUTS[name])
+    header = _io.read_header(path)
+    assert header["input_shape"] == list(_INPUTS[name])
+    assert header["class"].endswith(type(model).__name__) and "hyperparameters" not in header
+    assert [s["dtype"] for s in header["leaves"]] == [jnp.dtype(dtype).name] * len(header["leaves"])
+    x = jax.random.normal(getkey(), (3, *_INPUTS[name]), dtype)
+    J = jacsens.input_jacobian(model, x)
+    J_plain = jax.vmap(jax.jacrev(model))(x)
+    skeletons = {
+        "fresh": _build(name, getkey(), dtype),  # other values, same structure
+        "eval_shape": eqx.filter_eval_shape(_build, name, getkey(), dtype),
+        "factory": lambda key: _build(name, key, dtype),
+    }
+    for how, like in skeletons.items():
+        loaded = jacsens.load(path, like=like)
+        assert type(loaded) is type(model), how
+        for a, b in zip(_leaves(model), _leaves(loaded), strict=True):
+            assert a.dtype == b.dtype and np.array_equal(a, b), how
+        assert _same_outputs(model, loaded, x), how
+        J2 = jacsens.input_jacobian(loaded, x)
+        assert J2.dtype == J.dtype and np.array_equal(J, J2), how
+        assert np.array_equal(J_plain, jax.vmap(jax.jacrev(loaded))(x)), how
+    # The skeleton's own values are untouched (a fresh model is not overwritten in place).
+    fresh = zip(_leaves(skeletons["fresh"]), _leaves(model), strict=True)
+    assert not all(np.array_equal(a, b) for a, b in fresh)
+
+
+def test_plain_pytree_round_trip(tmp_path, getkey):
+    tree = {"w": jax.random.normal(getkey(), (3, 2), jnp.float64), "b": [jnp.arange(4), None]}
+    jacsens.save(tmp_path / "t.jsns", tree)
+    loaded = jacsens.load(tmp_path / "t.jsns", like=jax.tree.map(jnp.zeros_like, tree))
+    assert loaded["b"][1] is None and loaded["b"][0].dtype == tree["b"][0].dtype
+    assert np.array_equal(loaded["w"], tree["w"]) and np.array_equal(loaded["b"][0], tree["b"][0])
+    with pytest.raises(ValueError, match=r"at \['b'\]\[1\] the file has none"):
+        jacsens.load(tmp_path / "t.jsns", like={"w": tree["w"], "b": [tree["b"][0], 1.0]})
+
+
+@pytest.fixture
+def conv_file(tmp_path, getkey):
+    path = tmp_path / "conv.jsns"
+    model = _skeletons.ConvNet(getkey(), jnp.float64)
+    jacsens.save(path, model)
+    return path, model
+
+
+def test_wrong_skeleton_is_refused_naming_the_leaf(conv_file, getkey):
+    path, model = conv_file
+    f64 = jnp.float64
+    cases = [
+        # other shapes
+        (
+            eqx.tree_at(lambda m: m.head.weight, model, jnp.zeros((3, 31), f64)),
+            r"at \.head\.weight the file has an array float64\[3, 32\], `like` has an "
+            r"array float64\[3, 31\]",
+        ),
+        # other dtype
+        (_skeletons.ConvNet(getkey(), jnp.float32), r"at \.conv\.weight .*float64.*float32"),
+        # other structure: another class at the root, inside, or a static field
+        (_skeletons.Residual(getkey(), f64), "at the root the file has a ConvNet"),
+        (
+            eqx.tree_at(lambda m: m.pool, model, eqx.nn.MaxPool2d(2, stride=2)),
+            r"at \.pool the file has a AvgPool2d.*`like` has a MaxPool2d",
+        ),
+        (
+            eqx.tree_at(lambda m: m.pool, model, eqx.nn.AvgPool2d(2, stride=1)),
+            r"at \.pool .*'stride': \[2, 2\].*'stride': \[1, 1\]",
+        ),
+        (eqx.tree_at(lambda m: m.head.bias, model, None), r"at \.head\.bias"),
+        ((model.conv, model.pool, model.head), "at the root the file has a ConvNet"),
+    ]
+    for like, match in cases:
+        with pytest.raises(ValueError, match=r"`like` does not match the model in .*conv\.jsns"):
+            jacsens.load(path, like=like)
+        with pytest.raises(ValueError, match=match):
+            jacsens.load(path, like=like)
+    with pytest.raises(ValueError, match=r"conv\.jsns.*holds a .*ConvNet, not an MLP"):
+        jacsens.load(path)
+    with pytest.raises(ValueError, match=r"called as like\(key\).*conv\.jsns.*TypeError"):
+        jacsens.load(path, like=_skeletons.no_arguments)
+    # An MLP file checks `like` too.
+    mlp = jacsens.MLP(4, (3,), 2, key=getkey(), dtype=jnp.float32)
+    jacsens.save(path, mlp)
+    assert _same_outputs(jacsens.load(path, like=mlp), mlp, jnp.ones((2, 4), jnp.float32))
+    with pytest.raises(
+        ValueError,
+        match=r"`like` does not match the jacsens\.MLP.*at the root.*'widths': \[3\].*\[5\]",
+    ):
+        jacsens.load(path, like=jacsens.MLP(4, (5,), 2, key=getkey(), dtype=jnp.float32))
+
+
+def test_any_model_file_corruption_is_refused(conv_file, getkey):
+    path, model = conv_file
+    x = jax.random.normal(getkey(), (2, *_skeletons.CONV_INPUT), jnp.float64)
+    like = _skeletons.conv_factory64
+    data = path.read_bytes()
+    rng = np.random.default_rng(1)
+    for pos in rng.choice(len(data), size=120, replace=False):
+        damaged = bytearray(data)
+        damaged[pos] ^= 1 << int(rng.integers(8))
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(ValueError, match=r"conv\.jsns"):
+            jacsens.load(path, like=like)
+    path.write_bytes(data)
+    assert _same_outputs(jacsens.load(path, like=like), model, x)
+    crafted = [
+        (lambda h: h.update(structure={}), "field 'structure' must be a list"),
+        (lambda h: h["structure"].pop(), r"arrays of its structure .* are not its leaves"),
+        (lambda h: h["structure"][2].update(shape=[2, 1, 3, 4]), "are not its leaves"),
+        (lambda h: h["structure"].__setitem__(1, "conv"), "structure entry 1"),
+        (lambda h: h.update(structure=[]), r"are not its leaves|structure is empty"),
+        (lambda h: h.update(input_shape="1x8x8"), "'input_shape'"),
+        (lambda h: h.update(input_shape=[1, -8]), "'input_shape'"),
+        # a consistent but different structure: refused by the skeleton comparison
+        (lambda h: h["structure"][0].update(node="Other"), "at the root the file has a Other"),
+    ]
+    for change, match in crafted:
+        _rewrite_header(path, change, rechecksum=True)
+        with pytest.raises(ValueError, match=match) as info:
+            jacsens.load(path, like=like)
+        assert "conv.jsns" in str(info.value)
+        path.write_bytes(data)
+    _rewrite_header(path, lambda h: h["structure"][0].update(node="Other"))  # no new checksum
+    with pytest.raises(ValueError, match="checksum does not match"):
+        jacsens.load(path, like=like)
