@@ -324,9 +324,9 @@ def save(path: PathLike, model: Any, *, input_shape: Sequence[int] | None = None
 
     **Raises:**
 
-    `TypeError` if the model has no array leaves or a PRNG-key leaf, or `path` is not a
-    path; `ValueError` for a bad `input_shape`, or naming `path` if its folder does not
-    exist or it is a folder; `OSError` from the file system.
+    `TypeError` if the model is a bare array, has no array leaves or has a PRNG-key leaf,
+    or `path` is not a path; `ValueError` for a bad `input_shape`, or naming `path` if its
+    folder does not exist or it is a folder; `OSError` from the file system.
     """
     from . import __version__
 
@@ -361,6 +361,13 @@ def save(path: PathLike, model: Any, *, input_shape: Sequence[int] | None = None
         header.update({"class": cls, "hyperparameters": hp})
         shape = mlp_shape
     else:
+        if eqx.is_array(model):
+            # A bare array is no model; refusing it keeps `save(path, X)` (arguments
+            # swapped or confused) from writing data as if it were a model.
+            raise TypeError(
+                f"`model` must be an Equinox module or a pytree of arrays, got a bare "
+                f"{type(model).__name__}; wrap it in a container, e.g. {{'w': array}}."
+            )
         leaves = jax.tree_util.tree_leaves_with_path(eqx.filter(model, eqx.is_array))
         if not leaves:
             raise TypeError(

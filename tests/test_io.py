@@ -369,6 +369,8 @@ def test_failed_save_leaves_existing_file_intact(tmp_path, getkey, monkeypatch):
 
 
 def test_save_refuses_unsaveable_models(tmp_path, getkey):
+    with pytest.raises(TypeError, match="`model` must be .* got a bare ArrayImpl"):
+        jacsens.save(tmp_path / "f.jsns", jnp.ones(3))
     with pytest.raises(TypeError, match="no array leaves"):
         jacsens.save(tmp_path / "f.jsns", {"a": 1.0, "f": jnp.tanh})
     with pytest.raises(TypeError, match=r"PRNG key at \['key'\]"):
