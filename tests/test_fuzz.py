@@ -31,11 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import rel_err
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import jacsens
 from jacsens import attribution, datasets
+
+from helpers import rel_err
 
 EXAMPLES = int(os.environ.get("JACSENS_FUZZ_EXAMPLES", "12"))
 FUZZ = settings(
@@ -275,8 +276,10 @@ def test_jvp_and_vjp(case, data, wrong):
         out_shape = _out_shape(model, X, mdtype)
     except Exception:  # the model cannot take these samples: any tangent will do
         out_shape = (1,)
-    V = _inputs(data.draw, (*in_shape, 2) if wrong else in_shape, mdtype, batch=X.shape[0])
-    U = _inputs(data.draw, (*out_shape, 2) if wrong else out_shape, mdtype, batch=X.shape[0])
+    # tangents in X's dtype (the model's for a non-floating X, which is refused anyway)
+    tdtype = X.dtype if jnp.issubdtype(X.dtype, jnp.floating) else mdtype
+    V = _inputs(data.draw, (*in_shape, 2) if wrong else in_shape, tdtype, batch=X.shape[0])
+    U = _inputs(data.draw, (*out_shape, 2) if wrong else out_shape, tdtype, batch=X.shape[0])
     must = _expect(xdtype, shape_ok, not wrong)
     jv = _attempt("jvp", lambda: jacsens.jvp(model, X, V), must=must)
     vj = _attempt("vjp", lambda: jacsens.vjp(model, X, U), must=must)
