@@ -153,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=4096,
         help="rows per compiled sensitivity step (4096)",
     )
+    analyze.add_argument(
+        "--scale",
+        choices=("std", "range", "none"),
+        help="units of the sensitivities: per standard deviation of each feature (std, the "
+        "default for standardised data), per range max - min (range), or the data's own "
+        "units (none, the default with --raw)",
+    )
 
     fit = sub.add_parser(
         "fit",
@@ -584,15 +591,27 @@ def cmd_analyze(args) -> int:
         progress=False if args.quiet else "auto",
     )
     timings["sensitivity_s"] = time.perf_counter() - t0
-    units = "standard deviations of y per standard deviation of x"
-    if data.standardisation is None:
-        units = "units of y per unit of x"
+    from ._sensitivity._result import report_scaling
+
+    scale = args.scale or ("none" if data.standardisation is None else "std")
+    in_scale, out_scale, units = report_scaling(data.X, scale, data.x_std, data.y_std)
+    result = result.rescale(in_scale, out_scale)
+    near_constant = result.near_constant(data.X)
     _say(
         args,
         f"\nSensitivity of {data.target_name!r} to each feature over {result.n} rows ({units}):",
         _ranked_table(result),
         "",
     )
+    if near_constant:
+        _say(
+            args,
+            f"Warning: {len(near_constant)} feature(s) hold one value in more than 99% of the "
+            f"rows, so their standard deviation and range come from a few rows and their "
+            f"scaled sensitivity is not comparable: {', '.join(near_constant[:10])}"
+            f"{' ...' if len(near_constant) > 10 else ''}",
+            "",
+        )
     files = {"csv": "sensitivity.csv", "png": "sensitivity.png", "summary": "summary.json"}
     if outcome.record.training["fitted"]:
         files["model"] = MODEL_FILE
@@ -646,6 +665,8 @@ def cmd_analyze(args) -> int:
                 "n": result.n,
                 "mode": result.mode,
                 "units": units,
+                "scale": scale,
+                "near_constant_features": list(near_constant),
                 "ranking_by_mean_abs": result.ranking(0, by="mean_abs"),
                 "ranking_by_dgsm": result.ranking(0, by="dgsm"),
             },
