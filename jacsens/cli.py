@@ -65,6 +65,21 @@ def _hidden(text: str) -> tuple[int, ...]:
     return widths
 
 
+def _shape(text: str) -> tuple[int, ...]:
+    """Parse `--input-shape 1,28,28` (an empty string is a scalar input)."""
+    if not text.strip():
+        return ()
+    try:
+        shape = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        shape = (-1,)
+    if any(d < 1 for d in shape):
+        raise argparse.ArgumentTypeError(
+            f"--input-shape must be comma-separated positive sizes such as 1,28,28, got {text!r}"
+        )
+    return shape
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -169,15 +184,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data_args(fit, fit_only=True)
 
+    def model_args(p: argparse.ArgumentParser, default: str = "seed net") -> None:
+        p.add_argument("--model", metavar="FILE", help=f"a saved model (default: the {default})")
+        p.add_argument(
+            "--skeleton",
+            metavar="MODULE:CALLABLE",
+            help="for a --model other than an MLP: a function (or class) called with one "
+            "argument, a PRNG key, that builds a model of the saved structure (its values "
+            "are not used); MODULE is a module name (package.module) or a file "
+            "(path/to/file.py)",
+        )
+        p.add_argument(
+            "--input-shape",
+            type=_shape,
+            metavar="D1,D2,...",
+            help="shape of one input sample, for a --model whose file records none "
+            "(jacsens.save(..., input_shape=...) records it)",
+        )
+
     explain = sub.add_parser(
         "explain",
         help="print the input Jacobian of a model as a product of layer Jacobians",
         description="Print ∂y/∂x as a chain of dense and diagonal factors with the cost of "
         "each Jacobian mode. Default model: the 52-20-10-1 tanh seed network.",
     )
-    explain.add_argument("--model", metavar="FILE", help="a saved model (default: seed net)")
+    model_args(explain)
     explain.add_argument(
-        "--batch-size", type=_positive_int("--batch-size"), default=1, help="for the FLOPs"
+        "--batch-size",
+        type=_positive_int("--batch-size"),
+        default=1,
+        help="rows of the example batch the costs are for (1)",
     )
 
     check = sub.add_parser(
@@ -186,14 +222,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run jacsens.crosscheck on random inputs (float64 references); exit "
         "status 1 if any comparison fails.",
     )
-    check.add_argument("--model", metavar="FILE", help="a saved model (default: seed net)")
+    model_args(check)
     check.add_argument("--batch", type=_positive_int("--batch"), default=4, help="inputs (4)")
     check.add_argument("--seed", type=int, default=0, help="random seed for the inputs")
 
     bench = sub.add_parser(
         "bench",
         help="time the input-Jacobian modes",
-        description="Time input_jacobian in every mode against plain jax.jacrev/jacfwd.",
+        description="Time input_jacobian in every mode against plain jax.jacrev/jacfwd, on "
+        "four MLPs or on --model.",
+    )
+    model_args(bench, default="four MLPs")
+    bench.add_argument(
+        "--batch-size",
+        type=_positive_int("--batch-size"),
+        default=64,
+        help="rows per call with --model (64)",
     )
     bench.add_argument("--quick", action="store_true", help="small sizes, under a minute")
     bench.add_argument("--out", metavar="FILE.json", help="also write the results as JSON")
@@ -278,15 +322,82 @@ def _load_data(args, record: FitRecord | None = None) -> tuple[Dataset, str, boo
     return _standardised(raw, not args.raw), source, False
 
 
-def _load_model(path: str):
+def _import_callable(spec: str) -> Any:
+    """The callable `--skeleton` names: `package.module:name` (imported as usual) or
+    `path/to/file.py:name` (the file is imported by its path, under a private name)."""
+    import importlib
+    import importlib.util
+
+    where, _, name = spec.rpartition(":")
+    if not where or not name:
+        raise CLIError(
+            f"--skeleton must be MODULE:CALLABLE or path/to/file.py:CALLABLE, got {spec!r}"
+        )
+    if where.endswith(".py") or os.sep in where or "/" in where:
+        path = os.path.abspath(where)
+        if not os.path.isfile(path):
+            raise CLIError(f"--skeleton {spec!r}: file {where!r} does not exist")
+        module_name = f"_jacsens_skeleton_{abs(hash(path)):x}"
+        loader_spec = importlib.util.spec_from_file_location(module_name, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise CLIError(f"--skeleton {spec!r}: {where!r} cannot be imported")
+        module = importlib.util.module_from_spec(loader_spec)
+        # Registered before it runs, as `import` does: dataclasses (Equinox modules)
+        # defined in it look their module up while they are created.
+        sys.modules[module_name] = module
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as e:
+            del sys.modules[module_name]
+            raise CLIError(
+                f"--skeleton {spec!r}: importing {where!r} failed: {type(e).__name__}: {e}"
+            ) from None
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as e:
+            raise CLIError(f"--skeleton {spec!r}: cannot import {where!r}: {e}") from None
+    obj: Any = module
+    for part in name.split("."):
+        if not hasattr(obj, part):
+            raise CLIError(f"--skeleton {spec!r}: {where!r} has no {name!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise CLIError(f"--skeleton {spec!r}: {name!r} is not callable")
+    return obj
+
+
+def _load_model(path: str, skeleton: str | None = None, *, command: str = "analyze"):
+    """The model in `path`; one of any class but an MLP needs `skeleton` (`--skeleton`),
+    which only explain/check/bench take."""
     import jacsens
+
+    from ._io import read_header
 
     if os.path.isdir(path):
         raise CLIError(f"--model {path!r} is a folder; give a model file")
     if not os.path.isfile(path):
         raise CLIError(f"model file {path!r} does not exist")
     try:
-        return jacsens.load(path)
+        header = read_header(path)
+        if "structure" not in header:
+            return jacsens.load(path)
+        if command == "analyze":
+            raise CLIError(
+                f"--model {path!r} holds a {header['class']}; analyze works on MLP files "
+                "(explain, check and bench take any model with --skeleton)"
+            )
+        if skeleton is None:
+            raise CLIError(
+                f"--model {path!r} holds a {header['class']}, not an MLP: give --skeleton "
+                "MODULE:CALLABLE (or path/to/file.py:CALLABLE), a function of a PRNG key "
+                "that builds a model of that structure"
+            )
+        factory = _import_callable(skeleton)
+        try:
+            return jacsens.load(path, like=factory)
+        except ValueError as e:  # said in the command line's words
+            raise CLIError(str(e).replace("`like`", f"--skeleton {skeleton!r}")) from None
     except ValueError as e:
         raise CLIError(str(e)) from None
 
@@ -305,9 +416,47 @@ def _model_json(model) -> dict[str, Any]:
 
 
 def _in_shape(model) -> tuple[int, ...]:
-    """A saveable model's input shape (`describe_model` records its `in_size`)."""
+    """A saveable MLP's input shape (`describe_model` records its `in_size`)."""
     in_size = describe_model(model)[1]["in_size"]
     return () if in_size == "scalar" else (int(in_size),)
+
+
+def _model_and_input(args) -> tuple[Any, tuple[int, ...], np.dtype]:
+    """`--model` (default: the seed net), the shape of one input sample and the dtype of
+    inputs (the model's floating-point parameters' own)."""
+    import equinox as eqx
+    import jax
+
+    from ._io import read_header
+
+    if not args.model:
+        if args.skeleton is not None or args.input_shape is not None:
+            raise CLIError("--skeleton and --input-shape go with --model FILE")
+        return _seed_model(), (52,), np.dtype(np.float32)
+    model = _load_model(args.model, args.skeleton, command=args.command)
+    recorded = read_header(args.model).get("input_shape")
+    if recorded is None and "structure" not in read_header(args.model):
+        recorded = list(_in_shape(model))  # an MLP file written before input_shape
+    if recorded is not None:
+        shape = tuple(recorded)
+        if args.input_shape is not None and args.input_shape != shape:
+            raise CLIError(
+                f"--input-shape {args.input_shape} disagrees with the input shape {shape} "
+                f"recorded in {args.model!r}"
+            )
+    elif args.input_shape is not None:
+        shape = args.input_shape
+    else:
+        raise CLIError(
+            f"{args.model!r} records no input shape: give --input-shape D1,D2,... (the shape "
+            "of one sample)"
+        )
+    floats = [
+        leaf.dtype
+        for leaf in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
+        if np.issubdtype(leaf.dtype, np.floating)
+    ]
+    return model, shape, np.dtype(floats[0] if floats else np.float32)
 
 
 def _check_model_input(model, data: Dataset, source: str) -> None:
@@ -710,11 +859,16 @@ def cmd_fit(args) -> int:
 
 
 def cmd_explain(args) -> int:
+    import jax.numpy as jnp
+
     import jacsens
 
-    model = _load_model(args.model) if args.model else _seed_model()
+    model, shape, dtype = _model_and_input(args)
+    # An example batch of the shape and dtype the model will see: the plan (segments,
+    # bracketing, costs) is for that batch, not for a guessed one.
+    X = jnp.zeros((args.batch_size, *shape), dtype)
     try:
-        jacsens.explain(model, args.batch_size)
+        jacsens.explain(model, X)
     except ValueError as e:
         raise CLIError(str(e)) from None
     return 0
@@ -725,18 +879,69 @@ def cmd_check(args) -> int:
 
     import jacsens
 
-    model = _load_model(args.model) if args.model else _seed_model()
-    hp = describe_model(model)[1]
-    shape = (args.batch, *_in_shape(model))
+    model, shape, dtype = _model_and_input(args)
     # Inputs in the model's own precision (crosscheck makes its float64 references itself).
-    X = jax.random.normal(jax.random.key(args.seed), shape, np.dtype(hp["dtype"]))
-    report = jacsens.crosscheck(model, X)
+    X = jax.random.normal(jax.random.key(args.seed), (args.batch, *shape), dtype)
+    try:
+        report = jacsens.crosscheck(model, X)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     print(report)
     if report.passed:
         print(f"crosscheck passed: max relative disagreement {report.max_rel:.2e}")
         return 0
     print(f"crosscheck FAILED: {len(report.failures())} comparison(s) out of tolerance")
     return 1
+
+
+def _bench_model(args) -> dict[str, Any]:
+    """`bench_jacobian`'s results for the one model of `--model`."""
+    import statistics
+
+    import jax
+
+    import jacsens
+
+    from ._timing import MODES, _contenders, time_interleaved
+
+    model, shape, dtype = _model_and_input(args)
+    X = jax.random.normal(jax.random.key(1), (args.batch_size, *shape), dtype)
+    try:
+        auto = jacsens.jacobian_cost(model, X).best
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    samples = time_interleaved(_contenders(model, X), repeats=3 if args.quick else 7)
+    medians = {k: statistics.median(v) if isinstance(v, list) else None for k, v in samples.items()}
+    timed = {m: medians[m] for m in MODES if m != "auto" and medians[m] is not None}
+    name = os.path.basename(args.model)
+    case = {
+        "net": f"{name} {shape}",
+        "name": name,
+        "batch": args.batch_size,
+        "auto_choice": auto,
+        "median_s": medians,
+        "errors": {k: v for k, v in samples.items() if isinstance(v, str)},
+        "fastest": min(timed, key=timed.__getitem__) if timed else None,
+    }
+    return {"meta": _bench_meta(args.quick), "cases": [case]}
+
+
+def _bench_meta(quick: bool) -> dict[str, Any]:
+    """The machine and versions, as `bench_jacobian` records them."""
+    import datetime
+
+    import jax
+
+    import jacsens
+
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "jacsens": jacsens.__version__,
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device_kind": getattr(jax.local_devices()[0], "device_kind", "?"),
+        "quick": quick,
+    }
 
 
 def cmd_bench(args) -> int:
@@ -746,10 +951,16 @@ def cmd_bench(args) -> int:
         out = os.path.abspath(args.out)
         if os.path.isdir(out):
             raise CLIError(f"--out {args.out!r} is a folder; give a file name such as bench.json")
-    results = bench_jacobian(quick=args.quick)
+    if args.model or args.skeleton is not None or args.input_shape is not None:
+        results = _bench_model(args)
+    else:
+        results = bench_jacobian(quick=args.quick)
     meta = results["meta"]
     print(f"jacsens bench on {meta['backend']} ({meta['device_kind']}), jax {meta['jax']}")
     print(bench_table(results))
+    for case in results["cases"]:
+        for mode, error in case["errors"].items():
+            print(f"{case['name']}: {mode} failed: {error}")
     if args.out is not None:
         os.makedirs(os.path.dirname(out), exist_ok=True)
         atomic_write_json(out, results)

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import _skeletons
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -443,3 +444,88 @@ def test_csv_data_are_float32_and_standardised_like_float64(linear_csv, raw):
     np.testing.assert_allclose(data.X, values[:, :3], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(data.y, values[:, 3], rtol=1e-6, atol=1e-6)
     assert (data.standardisation is None) == raw
+
+
+SKELETONS = os.path.join(os.path.dirname(__file__), "_skeletons.py")
+
+
+@pytest.fixture
+def conv_files(tmp_path):
+    """A conv net saved with its input shape, and the same without."""
+    model = _skeletons.ConvNet(jax.random.key(3), jnp.float32)
+    with_shape, without = tmp_path / "conv.jsns", tmp_path / "bare.jsns"
+    jacsens.save(with_shape, model, input_shape=_skeletons.CONV_INPUT)
+    jacsens.save(without, model)
+    return model, with_shape, without
+
+
+def test_explain_check_bench_any_model_with_a_skeleton(conv_files, tmp_path, capsys):
+    model, path, bare = conv_files
+    by_path = f"{SKELETONS}:conv_factory"
+    for skeleton in (by_path, "_skeletons:ConvNet"):  # a file, or an importable module
+        assert cli.main(["explain", "--model", str(path), "--skeleton", skeleton]) == 0
+        text = capsys.readouterr().out
+        assert "Model: ConvNet, input (1, 8, 8), output (3,)" in text
+        assert "Cost model at batch size 1:" in text and "Cheapest bracketing" in text
+    # The example batch is the one asked for; the text is jacsens.explain's on that batch.
+    argv = ["explain", "--model", str(bare), "--skeleton", by_path, "--input-shape", "1,8,8"]
+    assert cli.main([*argv, "--batch-size", "6"]) == 0
+    text = capsys.readouterr().out
+    X = jnp.zeros((6, *_skeletons.CONV_INPUT), jnp.float32)
+    assert text == jacsens.explain(model, X, file=False)
+    assert "Cost model at batch size 6:" in text
+
+    assert cli.main(["check", "--model", str(path), "--skeleton", by_path, "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "crosscheck passed" in out and "input_jacobian" in out
+
+    bench_out = tmp_path / "b.json"
+    argv = ["bench", "--model", str(path), "--skeleton", by_path, "--quick"]
+    assert cli.main([*argv, "--batch-size", "3", "--out", str(bench_out)]) == 0
+    assert "conv.jsns (1, 8, 8)" in capsys.readouterr().out
+    (case,) = json.loads(bench_out.read_text())["cases"]
+    assert case["batch"] == 3 and case["auto_choice"] in ("rev", "fwd", "segments")
+    assert all(0 < case["median_s"][m] < 1 for m in ("rev", "fwd", "plain_rev", "auto"))
+    assert "chain" in case["errors"]  # a conv net has no layer chain: said, not hidden
+
+
+def test_any_model_cli_errors_are_one_line(conv_files, tmp_path, capsys):
+    _, path, bare = conv_files
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('no')\n")
+    sk = f"{SKELETONS}:conv_factory"
+    cases = [
+        (["explain", "--model", str(path)], "holds a _skeletons.ConvNet, not an MLP"),
+        (["explain", "--model", str(bare), "--skeleton", sk], "records no input shape"),
+        (
+            ["check", "--model", str(path), "--skeleton", sk, "--input-shape", "8,8"],
+            "disagrees with the input shape (1, 8, 8)",
+        ),
+        (["explain", "--model", str(path), "--skeleton", "conv_factory"], "MODULE:CALLABLE"),
+        (["explain", "--model", str(path), "--skeleton", "no_such_mod:f"], "cannot import"),
+        (["explain", "--model", str(path), "--skeleton", "x/absent.py:f"], "does not exist"),
+        (["explain", "--model", str(path), "--skeleton", f"{broken}:f"], "RuntimeError: no"),
+        (["explain", "--model", str(path), "--skeleton", f"{SKELETONS}:nope"], "has no 'nope'"),
+        (
+            ["explain", "--model", str(path), "--skeleton", f"{SKELETONS}:CONV_INPUT"],
+            "is not callable",
+        ),
+        (
+            ["explain", "--model", str(path), "--skeleton", f"{SKELETONS}:residual_factory"],
+            "does not match the model in",
+        ),
+        (
+            ["explain", "--model", str(path), "--skeleton", f"{SKELETONS}:no_arguments"],
+            "called as like(key)",
+        ),
+        (["explain", "--input-shape", "1,8,8"], "go with --model"),
+        (["explain", "--model", str(path), "--input-shape", "1,x"], "--input-shape"),
+        (["analyze", "--model", str(path), "--out", str(tmp_path / "o")], "analyze works on MLP"),
+    ]
+    for argv, match in cases:
+        assert cli.main(argv) == 2, argv
+        line = _error_line(capsys)
+        assert match in line, (argv, line)
+    line_wrong = [c for c in cases if "residual_factory" in c[0][-1]][0][0]
+    cli.main(line_wrong)
+    assert f"--skeleton '{SKELETONS}:residual_factory' does not match" in _error_line(capsys)
