@@ -1,0 +1,43 @@
+"""Engine paths the mutation campaign (`benchmarks/mutants.py`) found covered by a single
+test only: activations applied to the input itself and at the output of a Sequential,
+for every chain-based mode, against float64 autodiff."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jacsens
+
+from helpers import assert_close, init_model, random_inputs
+
+
+def _sequential(key, dtype):
+    # sin on the input (the input-side diagonal g_0), two activations in a row in the
+    # middle, softplus on the output: every diagonal factor of the chain is non-trivial
+    def build(k):
+        k1, k2 = jax.random.split(k)
+        return eqx.nn.Sequential(
+            [
+                eqx.nn.Lambda(jnp.sin),
+                eqx.nn.Linear(4, 6, key=k1, dtype=dtype),
+                eqx.nn.Lambda(jnp.tanh),
+                eqx.nn.Lambda(jax.nn.sigmoid),
+                eqx.nn.Linear(6, 3, use_bias=False, key=k2, dtype=dtype),
+                eqx.nn.Lambda(jax.nn.softplus),
+            ]
+        )
+
+    return init_model(build, key)
+
+
+@pytest.mark.parametrize("mode", ["chain", "backprop", "rev", "fwd", "auto"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_input_and_output_activations_in_every_chain_mode(getkey, mode, dtype):
+    model = _sequential(getkey(), dtype)
+    X = random_inputs(getkey(), 5, (4,), dtype=dtype)
+    J = jacsens.input_jacobian(model, X, mode=mode)
+    assert J.dtype == dtype and J.shape == (5, 3, 4)
+    m64 = jax.tree.map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, model)
+    want = jax.vmap(jax.jacrev(m64))(X.astype(jnp.float64))
+    assert_close(J, want, 1e-5 if dtype == jnp.float32 else 1e-12)
