@@ -176,9 +176,7 @@ def _ig_all_impl(plan, model, X, base, alphas, weights, chunk_size):
 def _smoothgrad_all_impl(plan, model, X, keys, n_samples, stdev, squared, chunk_size):
     def chunk(Xc, Kc):
         c = Xc.shape[0]
-        noise = jax.vmap(lambda k: jax.random.normal(k, (n_samples, *Xc.shape[1:]), Xc.dtype))(
-            Kc
-        )
+        noise = jax.vmap(lambda k: jax.random.normal(k, (n_samples, *Xc.shape[1:]), Xc.dtype))(Kc)
         points = (Xc[:, None] + stdev * noise).reshape(c * n_samples, *Xc.shape[1:])
         J = plan.jacobian(model, points).reshape(c, n_samples, *plan.out_shape, *plan.in_shape)
         return jnp.mean(J * J if squared else J, axis=1)

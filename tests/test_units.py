@@ -29,9 +29,7 @@ def test_rescale_equals_the_reparametrised_model(dtype):
     X = jax.random.normal(jax.random.key(0), (200, 3), dtype) * jnp.asarray(s, dtype)
     r = jacsens.sensitivity(f, X, interactions=True, progress=False)
     sd, td = jnp.asarray(s, dtype), jnp.asarray(t, dtype)
-    ref = jacsens.sensitivity(
-        lambda z: f(sd * z) / td, X / sd, interactions=True, progress=False
-    )
+    ref = jacsens.sensitivity(lambda z: f(sd * z) / td, X / sd, interactions=True, progress=False)
     got = r.rescale(s, t)
     rtol = 1e-4 if dtype == jnp.float32 else 1e-11
     for name in (*STATS, "max_abs", "interactions"):
