@@ -44,7 +44,8 @@ IG_METHODS = (
 
 
 def _prepare(model, X, target, chunk_size):
-    """Validate the common arguments; return `(X, targets (B,) int32, chunk_size)`.
+    """Validate the common arguments; return `(X, targets (B,) int32, chunk_size)`, with
+    `targets = None` for `target="all"`.
 
     `X` is returned in the plan's compute dtype (the package's dtype rule), so a float64
     model given float32 inputs gives float64 attributions, as `input_jacobian` does.
