@@ -230,3 +230,26 @@ def test_auto_without_any_estimate_falls_back_by_shape(
     assert plan.chain is None and plan.program is None
     assert plan.mode.name == expected
     assert_close(jacsens.input_jacobian(model, X), jax.vmap(jax.jacrev(model))(X), 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_numpy_evaluator_matches_jax(getkey, dtype):
+    """The chain check evaluates traced programs with NumPy; it must compute what JAX does,
+    and refuse (`Unsupported`) what it does not cover."""
+    from jacsens._program._numpy_eval import Unsupported, evaluate
+
+    X = random_inputs(getkey(), 3, (5,), dtype=dtype)
+    W = random_inputs(getkey(), 4, (5,), dtype=dtype)
+    fns = [
+        lambda x: jax.nn.gelu(W @ x) + jax.nn.relu(x[:4]) * jax.nn.sigmoid(x[1:]),
+        lambda x: jnp.tanh(jnp.einsum("ij,j->i", W, x)) ** 3 - jnp.sum(jnp.exp(-x)),
+        lambda x: jax.nn.softplus(x).reshape(5, 1) * jax.nn.silu(W.T @ x[:4]),
+        lambda x: jnp.where(x > 0, x, 0.01 * x).max() + jax.nn.elu(x).min(),
+    ]
+    tol = 1e-5 if dtype == jnp.float32 else 1e-12
+    for fn in fns:
+        (got,) = evaluate(fn, X[0])
+        assert_close(got, fn(X[0]), tol)
+    conv = eqx.nn.Conv1d(1, 2, 3, key=getkey())
+    with pytest.raises(Unsupported):
+        evaluate(conv, jnp.ones((1, 6)))
