@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import _skeletons
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -16,6 +15,8 @@ import pytest
 
 import jacsens
 from jacsens import _atomic, _io
+
+import _skeletons
 
 
 def _leaves(model):

@@ -21,9 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _worker import _model_and_sampler, _stats
 
 import jacsens
+
+from _worker import _model_and_sampler, _stats
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _worker import _model_and_sampler, _stats
 
 import jacsens
+
+from _worker import _model_and_sampler, _stats
 
 pytestmark = [
     pytest.mark.slow,

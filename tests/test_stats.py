@@ -2,10 +2,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close
 
 import jacsens
 from jacsens._stats import stats_from_state_dict, stats_stack_merge, stats_state_dict
+
+from helpers import assert_close
 
 
 def _reference(g):
