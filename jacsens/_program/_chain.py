@@ -323,7 +323,7 @@ def _verify(model: Any, chain: Chain) -> None:
 
     def both(leaves, x):
         m = eqx.combine(leaves, static)
-        return m(x), chain_forward(_read_unchecked(m), x[None], derivs=False)[0][0]
+        return m(x), chain_forward(_read_unchecked(m), x[None], with_derivs=False)[0][0]
 
     try:
         with jax.ensure_compile_time_eval():
@@ -367,19 +367,21 @@ class Cache(NamedTuple):
     input_deriv: Array
 
 
-def _apply(acts: list[Activation], z: Array, derivs: bool = True) -> tuple[Array, Array | None]:
+def _apply(
+    acts: list[Activation], z: Array, with_derivs: bool = True
+) -> tuple[Array, Array | None]:
     """Apply activations in turn; return the output and the product of their derivatives,
     each evaluated at its own input (chain rule for consecutive elementwise functions)."""
-    g = jnp.ones_like(z) if derivs else None
+    g = jnp.ones_like(z) if with_derivs else None
     for act in acts:
-        if derivs:
+        if with_derivs:
             g = g * act.deriv(z)
         z = act.fn(z)
     return z, g
 
 
 def chain_forward(
-    chain: Chain, X: Array, *, perturb: list[Array] | None = None, derivs: bool = True
+    chain: Chain, X: Array, *, perturb: list[Array] | None = None, with_derivs: bool = True
 ) -> tuple[Array, Cache]:
     """Batched forward pass through `chain`.
 
@@ -389,7 +391,7 @@ def chain_forward(
     - `X`: inputs `(B, *in_shape)`.
     - `perturb`: optional per-layer additions to the pre-activations, `(B, p_l)` each (the
         hook ghost norms differentiate against: `∂ℓ/∂perturb[l] = δ_l`).
-    - `derivs`: compute the activation derivatives (`False`: the cache's `derivs` and
+    - `with_derivs`: compute the activation derivatives (`False`: the cache's `derivs` and
         `input_deriv` are `None`; for checks that need only the output).
 
     **Returns:**
@@ -398,7 +400,7 @@ def chain_forward(
     """
     boundaries = chain.boundaries
     a = X.reshape(X.shape[0], chain.in_width)  # not -1: B may be 0
-    a, g0 = _apply(boundaries[0], a, derivs)
+    a, g0 = _apply(boundaries[0], a, with_derivs)
     inputs, pre, derivs = [], [], []
     for k, (lin, acts) in enumerate(zip(chain.linears, boundaries[1:], strict=True)):
         inputs.append(a)
@@ -408,6 +410,6 @@ def chain_forward(
         if perturb is not None:
             z = z + perturb[k]
         pre.append(z)
-        a, g = _apply(acts, z, derivs)
+        a, g = _apply(acts, z, with_derivs)
         derivs.append(g)
     return a.reshape(X.shape[0], *chain.out_shape), Cache(inputs, pre, derivs, g0)
