@@ -30,8 +30,9 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._batching import map_chunks
+from ._memory import auto_chunk_size, memory_budget
 from ._plan import make_plan
-from ._validate import as_float_array, check_choice, check_positive_int
+from ._validate import as_float_array, check_choice, check_chunk_size
 
 Target = int | tuple[int, ...] | Int[Array, " batch"] | Literal["all"] | None
 IG_METHODS = (
@@ -43,22 +44,39 @@ IG_METHODS = (
 )
 
 
-def _prepare(model, X, target, chunk_size):
+def _prepare(model, X, target, chunk_size, points: int = 1, points_name: str | None = None):
     """Validate the common arguments; return `(X, targets (B,) int32, chunk_size)`, with
     `targets = None` for `target="all"`.
 
     `X` is returned in the plan's compute dtype (the package's dtype rule), so a float64
     model given float32 inputs gives float64 attributions, as `input_jacobian` does.
+    `chunk_size="auto"` becomes the largest chunk whose estimated memory fits the device's
+    budget, for `points` model evaluations per row (`n_steps`, `n_samples`); a single row
+    that cannot fit is refused naming `points_name`.
     """
     X = as_float_array(X, "X")
-    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    chunk_size = check_chunk_size(chunk_size)
     plan = make_plan(model, X, None)
     out_shape = plan.out_shape
     if X.dtype != plan.dtype:
         X = X.astype(plan.dtype)
     n_out = math.prod(out_shape)
     B = X.shape[0]
-    if isinstance(target, str) and target == "all":
+    every = isinstance(target, str) and target == "all"
+    # per point: the input, its gradient or Jacobian, and a few working copies
+    per_point = jnp.dtype(plan.dtype).itemsize * (
+        6 * plan.n_in + 2 * plan.n_out + (2 * plan.n_out * plan.n_in if every else 0)
+    )
+    budget = memory_budget()
+    if points_name is not None and points * per_point > budget:
+        raise ValueError(
+            f"`{points_name}`={points} needs about {points * per_point / 2**30:.3g} GiB for a "
+            f"single row, more than the {budget / 2**30:.3g} GiB this device can give; "
+            f"use fewer {points_name}."
+        )
+    if chunk_size == "auto":
+        chunk_size = auto_chunk_size(points * per_point, max(B, 1), budget)
+    if every:
         return X, None, chunk_size
     if target is None:
         if n_out != 1:
@@ -197,7 +215,7 @@ def saliency(
     *,
     target: Target = None,
     abs: bool = True,
-    chunk_size: int | None = 4096,
+    chunk_size: int | Literal["auto"] | None = 4096,
 ) -> Float[Array, "batch *in"]:
     """Saliency map: the gradient of the selected output with respect to the input.
 
@@ -211,7 +229,8 @@ def saliency(
     - `target`: the output to explain (see the module docstring); `"all"`: every
         output, i.e. the input Jacobian of each row.
     - `abs`: take the absolute value (default) or keep the sign.
-    - `chunk_size`: rows per chunk.
+    - `chunk_size`: rows per chunk, `None` (one chunk) or `"auto"` (the largest chunk
+        that fits the device's memory).
 
     **Returns:**
 
@@ -230,7 +249,7 @@ def gradient_x_input(
     X: Float[Array, "batch *in"],
     *,
     target: Target = None,
-    chunk_size: int | None = 4096,
+    chunk_size: int | Literal["auto"] | None = 4096,
 ) -> Float[Array, "batch *in"]:
     """Gradient times input: `x ⊙ ∂y_t/∂x` for every row.
 
@@ -242,7 +261,8 @@ def gradient_x_input(
     - `X`: inputs `(B, *in_shape)`.
     - `target`: the output to explain; `"all"`: every output, `x ⊙ J_o` for each row
         `J_o` of the input Jacobian.
-    - `chunk_size`: rows per chunk.
+    - `chunk_size`: rows per chunk, `None` (one chunk) or `"auto"` (the largest chunk
+        that fits the device's memory).
 
     **Returns:**
 
@@ -298,7 +318,7 @@ def integrated_gradients(
         "gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"
     ] = "gausslegendre",
     return_delta: bool = True,
-    chunk_size: int | None = 256,
+    chunk_size: int | Literal["auto"] | None = 256,
 ) -> Float[Array, "batch *in"] | tuple[Float[Array, "batch *in"], Float[Array, " batch"]]:
     """Integrated gradients (Sundararajan et al., 2017).
 
@@ -320,7 +340,8 @@ def integrated_gradients(
         `< 2 n_steps`), `"riemann_trapezoid"`, `"riemann_left"`, `"riemann_right"` or
         `"riemann_middle"`.
     - `return_delta`: also return the completeness error.
-    - `chunk_size`: rows per chunk (each row is expanded into `n_steps` points).
+    - `chunk_size`: rows per chunk (each row is expanded into `n_steps` points), or
+        `"auto"` (the largest chunk that fits the device's memory).
 
     **Returns:**
 
@@ -333,7 +354,7 @@ def integrated_gradients(
         raise ValueError(f"`n_steps` must be an int >= 1, got {n_steps!r}.")
     if method == "riemann_trapezoid" and n_steps < 2:
         raise ValueError(f"`n_steps` must be >= 2 for method='riemann_trapezoid', got {n_steps}.")
-    X, T, chunk_size = _prepare(model, X, target, chunk_size)
+    X, T, chunk_size = _prepare(model, X, target, chunk_size, int(n_steps), "n_steps")
     base = as_float_array(baseline, "baseline").astype(X.dtype)
     try:
         base = jnp.broadcast_to(base, X.shape)
@@ -387,7 +408,7 @@ def smoothgrad(
     n_samples: int = 50,
     stdev: float = 0.15,
     squared: bool = False,
-    chunk_size: int | None = 256,
+    chunk_size: int | Literal["auto"] | None = 256,
 ) -> Float[Array, "batch *in"]:
     """SmoothGrad (Smilkov et al., 2017): the gradient averaged over noisy copies of `x`.
 
@@ -407,7 +428,8 @@ def smoothgrad(
     - `stdev`: standard deviation of the noise, in the units of `X` (≥ 0; 0 gives the
         plain gradient). Scale it to your inputs' range.
     - `squared`: average squared gradients instead.
-    - `chunk_size`: rows per chunk (each row is expanded into `n_samples` points).
+    - `chunk_size`: rows per chunk (each row is expanded into `n_samples` points), or
+        `"auto"`.
 
     **Returns:**
 
@@ -422,7 +444,7 @@ def smoothgrad(
     if not isinstance(key, jax.Array) or not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         if not (isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)):
             raise TypeError(f"`key` must be a JAX PRNG key, got {type(key).__name__}.")
-    X, T, chunk_size = _prepare(model, X, target, chunk_size)
+    X, T, chunk_size = _prepare(model, X, target, chunk_size, int(n_samples), "n_samples")
     keys = jax.random.split(key, X.shape[0])
     if T is None:
         return _smoothgrad_all_impl(

@@ -86,3 +86,21 @@ def test_bad_chunk_size(getkey, bad):
     m, X, _ = _model_and_data(getkey, jnp.float64)
     with pytest.raises(ValueError, match="`chunk_size` must be a positive int, \"auto\" or None"):
         jacsens.input_jacobian(m, X, chunk_size=bad)
+
+
+def test_attribution_auto_chunks_and_huge_point_counts(getkey, monkeypatch):
+    from jacsens import attribution
+
+    m, X, _ = _model_and_data(getkey, jnp.float64)
+    for fn, kw in (
+        (attribution.saliency, {"target": 1}),
+        (attribution.gradient_x_input, {"target": "all"}),
+        (attribution.integrated_gradients, {"target": 2, "n_steps": 8, "return_delta": False}),
+        (attribution.smoothgrad, {"target": 0, "n_samples": 4, "key": jax.random.key(0)}),
+    ):
+        assert_close(fn(m, X, chunk_size="auto", **kw), fn(m, X, chunk_size=None, **kw), 1e-12)
+    monkeypatch.setattr(jacsens.attribution, "memory_budget", lambda *a, **k: 10**6)
+    with pytest.raises(ValueError, match="`n_steps`=100000 needs about .* GiB for a single row"):
+        attribution.integrated_gradients(m, X, target=0, n_steps=100_000)
+    with pytest.raises(ValueError, match="`n_samples`=100000 needs"):
+        attribution.smoothgrad(m, X, target=0, n_samples=100_000, key=jax.random.key(0))
