@@ -38,15 +38,13 @@ from ._run import (
     Progress,
     Reduction,
     Run,
-    base_plan,
     check_chunk_size,
     execute,
-    feature_names_of,
-    names_of,
+    open_data,
     reduction_dtype,
     resolve_mesh,
 )
-from ._sources import _as_key, make_source, to_host
+from ._sources import _as_key, to_host
 
 # Poisson(1) CDF at k = 0, 1, ...: a weight is the number of thresholds a uniform exceeds
 # (inverse-CDF sampling). Weights above 11 have probability < 1e-9: they are cut there.
@@ -397,12 +395,7 @@ def active_subspace(
     mesh = resolve_mesh(devices)
     key = jax.random.key(0) if key is None else _as_key(key)
 
-    source = make_source(data)
-    plan = base_plan(model, source, mode)
-    names = feature_names_of(feature_names, source, plan)
-    if output_names is None and not plan.out_shape:
-        output_names = ("y",)
-    out_names = names_of(output_names, plan.out_shape, "output_names", "y")
+    source, plan, names, out_names = open_data(model, data, mode, feature_names, output_names)
     M = _metric(metric, output, plan.n_out, out_names)
     if output is not None:
         target = f"output {out_names[int(np.argmax(np.diag(M)))]!r}"

@@ -535,12 +535,9 @@ def sensitivity(
     if checkpoint is not None:
         checkpoint = check_destination(checkpoint, "checkpoint")
 
-    source = make_source(data)
-    plan = base_plan(model, source, mode)
-    feature_names = feature_names_of(feature_names, source, plan)
-    if output_names is None and not plan.out_shape:
-        output_names = ("y",)
-    output_names = names_of(output_names, plan.out_shape, "output_names", "y")
+    source, plan, feature_names, output_names = open_data(
+        model, data, mode, feature_names, output_names
+    )
 
     shape = (plan.n_out, plan.n_in)
     replicate_rows = getattr(source, "replicate_rows", None)
@@ -586,6 +583,19 @@ def sensitivity(
             f"No usable samples in `data`: all {run.progress.n_omitted} rows had non-finite values."
         )
     return run.result()
+
+
+def open_data(model, data, mode, feature_names, output_names):
+    """The source of `data`, the model's plan on it and the checked names of its features and
+    outputs: `(source, plan, feature_names, output_names)` (what every streamed analysis
+    starts with)."""
+    source = make_source(data)
+    plan = base_plan(model, source, mode)
+    feature_names = feature_names_of(feature_names, source, plan)
+    if output_names is None and not plan.out_shape:
+        output_names = ("y",)
+    output_names = names_of(output_names, plan.out_shape, "output_names", "y")
+    return source, plan, feature_names, output_names
 
 
 def feature_names_of(names: Any, source: AbstractSource, plan: Plan) -> tuple[str, ...]:
