@@ -680,3 +680,35 @@ def test_forward_sweeps_are_costed_at_fwd_efficiency():
     assert fwd_slow - fwd_neutral == pytest.approx(tangent * (1 / _Device.fwd_efficiency - 1))
     # reverse sweeps do not depend on it
     assert slow.materialise(0, 1, "rev") == neutral.materialise(0, 1, "rev")
+
+
+def test_pruning_keeps_exactly_the_cut_the_optimal_plan_uses():
+    # dense layers 100 -> 50 -> 2 -> 50 -> 100 (positions 0..4), candidate cuts 1, 2, 3:
+    # the optimal plan multiplies across the width-2 cut and no other cut pays for itself
+    from jacsens._cost import DEVICE_MODELS
+    from jacsens._program._bracket import prune_cuts
+
+    w = [100, 50, 2, 50, 100]
+
+    def infos_for(ps):
+        bounds = [0, *ps, len(w) - 1]
+        infos = []
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            layers = range(a, b)
+            infos.append(
+                SegmentInfo(
+                    w[a],
+                    w[b],
+                    flops=sum(2.0 * w[i] * w[i + 1] for i in layers),
+                    act_elems=float(sum(w[i] + w[i + 1] for i in layers)),
+                    param_elems=float(sum(w[i] * w[i + 1] for i in layers)),
+                    ops=float(b - a),
+                    max_width=max(w[a : b + 1]),
+                )
+            )
+        return tuple(infos)
+
+    cpu = DEVICE_MODELS["cpu"]
+    assert prune_cuts(infos_for, [1, 2, 3], cpu) == (2,)
+    assert prune_cuts(infos_for, [2], cpu) == (2,)
+    assert prune_cuts(infos_for, [], cpu) == ()

@@ -214,3 +214,19 @@ def test_state_dict_is_validated():
     ]:
         with pytest.raises(ValueError, match=match):
             stats_from_state_dict(dict(d, **{key: value}), shape=(3, 4))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_std_se_uses_the_fourth_moment_of_skewed_data(dtype):
+    # the delta method: Var(s²) ≈ (μ₄ - σ⁴)/n, SE(s) = SE(s²)/(2s). For exponential data
+    # μ₄ = 9σ⁴, so the normal-theory σ/sqrt(2n) (μ₄ = 3σ⁴) is half the right value
+    rng = np.random.default_rng(11)
+    n = 4000
+    g = rng.exponential(2.0, (n, 3)).astype(dtype)
+    s = jacsens.stats_update(jacsens.stats_init((3,)), g)
+    x = g.astype(np.float64)
+    var = x.var(0, ddof=1)
+    mu4 = np.mean((x - x.mean(0)) ** 4, axis=0)
+    want = np.sqrt((mu4 - var**2) / n) / (2 * np.sqrt(var))
+    assert_close(s.std_se, want, 1e-6 if dtype == np.float32 else 1e-12)
+    assert np.all(s.std_se > 1.5 * np.sqrt(var / (2 * n)))  # far from the normal value
