@@ -179,7 +179,7 @@ def crosscheck(
     A `CrosscheckReport`.
     """
     X = as_float_array(X, "X")
-    if X.ndim < 1 or X.shape[0] == 0:
+    if X.ndim >= 1 and X.shape[0] == 0:
         raise ValueError(f"`X` must hold at least one sample to cross-check, got shape {X.shape}.")
     with jax.enable_x64(True):  # the plan of the float64 copy that is checked
         plan = make_plan(_to_f64(model), jax.ShapeDtypeStruct(X.shape, jnp.float64), None)

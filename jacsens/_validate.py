@@ -58,9 +58,7 @@ def check_chunk_size(value: Any, argname: str = "chunk_size") -> int | str | Non
     if value is None or (isinstance(value, int | np.integer) and not isinstance(value, bool)):
         if value is None or value >= 1:
             return None if value is None else int(value)
-    raise ValueError(
-        f"`{argname}` must be a positive int, \"auto\" or None, got {value!r}."
-    )
+    raise ValueError(f'`{argname}` must be a positive int, "auto" or None, got {value!r}.')
 
 
 def check_choice(value: Any, argname: str, choices: Iterable[str]) -> str:
@@ -151,7 +149,8 @@ def check_targets(
     if loss == "cross_entropy" and out_shape == ():
         raise ValueError(
             f"`loss` 'cross_entropy' needs a model output with a class axis (logits of shape "
-            f"(classes,)), but the model's output is a scalar; for a binary target use "
+            f"(classes,)), but the model's output is a scalar, with no class axis; for a "
+            f"binary target use "
             f"'binary_cross_entropy' (`{argname}` of shape (batch,))."
         )
     if labels and out_shape == ():
