@@ -35,6 +35,7 @@ from ._modes import (
     Chain as Chain,
     Fwd as Fwd,
     Rev as Rev,
+    Segments as Segments,
 )
 from ._program._chain import ChainError as ChainError, read_chain as read_chain
 from ._sensitivity import (

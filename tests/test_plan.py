@@ -99,7 +99,8 @@ def test_mode_objects_and_names(getkey):
     m = random_mlp(getkey(), 6, (2,), 6, "sigmoid")
     X = random_inputs(getkey(), 3, (6,))
     want = jax.vmap(jax.jacrev(m))(X)
-    for mode in (jacsens.Rev(), jacsens.Fwd(), jacsens.Chain(), jacsens.Backprop(), "segments"):
+    modes = (jacsens.Rev(), jacsens.Fwd(), jacsens.Chain(), jacsens.Backprop(), jacsens.Segments())
+    for mode in (*modes, "segments"):
         assert_close(jacsens.input_jacobian(m, X, mode=mode), want, 1e-12)
     with pytest.raises(ValueError, match="Unknown `mode` 'reverse'"):
         jacsens.input_jacobian(m, X, mode="reverse")
