@@ -44,7 +44,7 @@ class JacobianCost:
         for m in self.flops:
             mark = "  <- auto" if m == self.best else ""
             est = self.seconds.get(m)
-            t = "" if est is None else _format_seconds(est)
+            t = "" if est is None else format_seconds(est)
             rows.append(
                 f"{m:<10}{self.flops[m] / 1e9:>12.4g}{self.bytes[m] / 1e6:>12.4g}{t:>12}{mark}"
             )
@@ -55,7 +55,10 @@ class JacobianCost:
         return "\n".join(rows)
 
 
-def _format_seconds(s: float) -> str:
+def format_seconds(s: float | None) -> str:
+    """`1.5 ms`, `320 µs`, ...; `-` for `None`."""
+    if s is None:
+        return "-"
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
         if s >= scale:
             return f"{s / scale:.3g} {unit}"

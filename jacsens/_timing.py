@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _modes
+from ._cost import format_seconds as format_seconds
 
 PLAIN = ("plain_rev", "plain_fwd")
 # every mode `auto` may choose from, and `auto` itself
@@ -135,7 +136,14 @@ def bench_jacobian(quick: bool = True) -> dict[str, Any]:
                 "fastest": min(timed, key=timed.__getitem__) if timed else None,
             }
         )
-    meta = {
+    return {"meta": metadata(quick), "cases": cases}
+
+
+def metadata(quick: bool) -> dict[str, Any]:
+    """The machine and versions a timing was taken on."""
+    import jacsens
+
+    return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "jacsens": jacsens.__version__,
         "jax": jax.__version__,
@@ -143,17 +151,6 @@ def bench_jacobian(quick: bool = True) -> dict[str, Any]:
         "device_kind": getattr(jax.local_devices()[0], "device_kind", "?"),
         "quick": quick,
     }
-    return {"meta": meta, "cases": cases}
-
-
-def format_seconds(s: float | None) -> str:
-    """`1.5 ms`, `320 µs`, ...; `-` for `None`."""
-    if s is None:
-        return "-"
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
-        if s >= scale:
-            return f"{s / scale:.3g} {unit}"
-    return f"{s / 1e-9:.3g} ns"
 
 
 def bench_table(results: dict[str, Any]) -> str:

@@ -923,25 +923,9 @@ def _bench_model(args) -> dict[str, Any]:
         "errors": {k: v for k, v in samples.items() if isinstance(v, str)},
         "fastest": min(timed, key=timed.__getitem__) if timed else None,
     }
-    return {"meta": _bench_meta(args.quick), "cases": [case]}
+    from ._timing import metadata
 
-
-def _bench_meta(quick: bool) -> dict[str, Any]:
-    """The machine and versions, as `bench_jacobian` records them."""
-    import datetime
-
-    import jax
-
-    import jacsens
-
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "jacsens": jacsens.__version__,
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "device_kind": getattr(jax.local_devices()[0], "device_kind", "?"),
-        "quick": quick,
-    }
+    return {"meta": metadata(args.quick), "cases": [case]}
 
 
 def cmd_bench(args) -> int:
