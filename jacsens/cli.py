@@ -580,13 +580,10 @@ def _fit(args, data: Dataset, source: str, timings: dict[str, float]) -> _Outcom
         "evaluated_on": "held-out test rows of this fit",
     }
     timings["evaluate_s"] = time.perf_counter() - t0
-    record = FitRecord(
-        source=source,
-        features=data.feature_names,
-        target=data.target_name,
-        n_rows=len(data),
-        standardisation=data.standardisation,
-        model=_model_json(model),
+    record = _record(
+        data,
+        source,
+        model,
         split=Split(args.seed, args.test_fraction, len(data), MODEL_FILE),
         training={
             "fitted": True,
@@ -638,7 +635,13 @@ def _load_and_score(
         line = f"R² on all rows (model fitted elsewhere) = {metrics['r2_all_rows']:.3f}"
     if reused:
         line += f"\n(standardisation as saved with the model, in {training['fit_summary']})"
-    record = FitRecord(
+    record = _record(data, source, model, split=split, training=training, metrics=metrics)
+    return _Outcome(model, record, line)
+
+
+def _record(data: Dataset, source: str, model, *, split, training, metrics) -> FitRecord:
+    """The fit record of `model` on `data`: what the data and model were, and how it fared."""
+    return FitRecord(
         source=source,
         features=data.feature_names,
         target=data.target_name,
@@ -649,7 +652,6 @@ def _load_and_score(
         training=training,
         metrics=metrics,
     )
-    return _Outcome(model, record, line)
 
 
 # --------------------------------------------------------------------------- output
