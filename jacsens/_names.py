@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,3 +57,29 @@ def shape_from_names(names: Sequence[str]) -> tuple[int, ...] | None:
     if math.prod(shape) != len(names):
         return None
     return shape if tuple(names) == index_names(shape, first.group(1)) else None
+
+
+def names_from_pandas(names: Any) -> Any:
+    """Names given as the pandas object they come from, as a tuple of names.
+
+    A `Series` (say, the targets a model was fitted on) names one element: its `.name`
+    (`None` for an unnamed Series, so the default names apply); a `DataFrame` names one
+    element per column. Anything else (a sequence of names, `None`) is returned unchanged
+    for the caller to check.
+
+    **Arguments:**
+
+    - `names`: a pandas `Series` or `DataFrame`, or anything else.
+
+    **Returns:**
+
+    `(str(series.name),)`, `None`, a tuple of the column labels as strings, or `names`.
+    """
+    pd = sys.modules.get("pandas")  # if pandas was never imported, names are not pandas
+    if pd is None:
+        return names
+    if isinstance(names, pd.Series):
+        return None if names.name is None else (str(names.name),)
+    if isinstance(names, pd.DataFrame):
+        return tuple(str(c) for c in names.columns)
+    return names

@@ -84,10 +84,16 @@ def check_same_batch(X: jax.Array, Y: jax.Array, xname: str = "X", yname: str = 
 
 
 def as_targets(Y: Any, argname: str = "Y") -> jax.Array:
-    """Convert targets to a JAX array; accept floating or integer dtypes only."""
+    """Convert targets to a JAX array; accept floating or integer dtypes only.
+
+    Accepts JAX and NumPy arrays, nested lists/tuples of numbers, and objects that convert
+    themselves with `__array__` (a pandas Series of targets, a DataFrame of several).
+    """
     if isinstance(Y, jax.Array | np.ndarray):
         arr = Y
     elif isinstance(Y, list | tuple | float | int) and not isinstance(Y, bool):
+        arr = np.asarray(Y)
+    elif hasattr(Y, "__array__") and not isinstance(Y, str | bytes | dict):
         arr = np.asarray(Y)
     else:
         raise TypeError(f"`{argname}` must be an array, got {type(Y).__name__}.")

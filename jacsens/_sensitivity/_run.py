@@ -36,7 +36,7 @@ from jaxtyping import Array
 
 from .._memory import auto_chunk_size, memory_budget, run_with_backoff
 from .._modes import AbstractJacobianMode, get_mode
-from .._names import index_names
+from .._names import index_names, names_from_pandas
 from .._plan import Plan, make_plan
 from .._progress import Progress as ProgressChoice, progress_bar
 from .._stats import (
@@ -464,7 +464,11 @@ def sensitivity(
         through the round-off of the per-chunk reductions (see `devices`).
     - `mode`: Jacobian mode (`"auto"`, `"rev"`, `"fwd"`, `"chain"`, `"backprop"`, or a
         mode object), resolved once for the chunk size.
-    - `feature_names`, `output_names`: names of the `n_in` inputs and `n_out` outputs.
+    - `feature_names`, `output_names`: names of the `n_in` inputs and `n_out` outputs, or
+        the pandas objects they come from: the targets' `Series` (its `.name` names the
+        one output) or `DataFrame` (its columns name the outputs). By default the
+        columns of a `DataFrame` `data`, else `x0, x1, ...`; for outputs `y` (a scalar
+        output), else `y0, y1, ...`.
     - `interactions`: also accumulate `E|∂²y_o/∂x_i∂x_j|` from input Hessians (forward
         over reverse; costs `n_in` times more).
     - `devices`: a list of devices or a `jax.sharding.Mesh` with an axis `"batch"`. Each
@@ -591,7 +595,8 @@ def open_data(model, data, mode, feature_names, output_names):
     starts with)."""
     source = make_source(data)
     plan = base_plan(model, source, mode)
-    feature_names = feature_names_of(feature_names, source, plan)
+    feature_names = feature_names_of(names_from_pandas(feature_names), source, plan)
+    output_names = names_from_pandas(output_names)  # a target Series names the output
     if output_names is None and not plan.out_shape:
         output_names = ("y",)
     output_names = names_of(output_names, plan.out_shape, "output_names", "y")
