@@ -4,7 +4,9 @@ The Jacobian of a scalar-output network is one row per sample, so at large batch
 is bound by memory traffic: read X (B × 52 floats) and write J (B × 52 floats). The floor
 is those bytes at the device's bandwidth, measured here as the best time of a jitted
 elementwise copy of the same number of bytes (read one array, write another). The script
-times every mode side by side and prints each one's ratio to the floor.
+times rev, chain, auto, backprop and plain `vmap(jacrev)` side by side and prints each
+one's ratio to the floor. fwd is left out: it pushes 52 tangents per sample (~27× rev's
+time at B=65536 in `jacobian_modes.py`), far from memory-bound.
 
     python benchmarks/memory_floor.py                  # B = 1M (CPU: about a minute)
     python benchmarks/memory_floor.py --batch 4194304  # bigger, e.g. on a GPU
