@@ -11,6 +11,7 @@ from ._crosscheck import (
     crosscheck as crosscheck,
     finite_difference_jacobian as finite_difference_jacobian,
 )
+from ._ensemble import Ensemble as Ensemble
 from ._fit import History as History, NonFiniteLossError as NonFiniteLossError, fit as fit
 from ._grads import (
     per_sample_grad_norms as per_sample_grad_norms,

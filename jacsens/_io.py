@@ -113,7 +113,12 @@ def describe_model(model: Any) -> tuple[str, dict[str, Any]]:
 
 
 def _skeleton(cls: str, hp: dict[str, Any]) -> Any:
-    key = jax.random.key(0)
+    return build_model(cls, hp, jax.random.key(0))
+
+
+def build_model(cls: str, hp: dict[str, Any], key: Any) -> Any:
+    """A freshly initialised model (from `key`) of the class tag and hyperparameters that
+    `describe_model` gives."""
     if cls == "jacsens.MLP":
         expected = {
             "in_size",
