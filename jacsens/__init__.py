@@ -42,6 +42,7 @@ from ._program._chain import ChainError as ChainError, read_chain as read_chain
 from ._sensitivity import (
     AbstractSampler as AbstractSampler,
     ActiveSubspaceResult as ActiveSubspaceResult,
+    EnsembleSensitivity as EnsembleSensitivity,
     NormalisedDGSM as NormalisedDGSM,
     QMCSampler as QMCSampler,
     SensitivityResult as SensitivityResult,

@@ -24,6 +24,7 @@ from ._active import (
     active_subspace as active_subspace,
 )
 from ._checkpoint import model_fingerprint as model_fingerprint
+from ._ensemble import EnsembleSensitivity as EnsembleSensitivity
 from ._qmc import (
     QMCSampler as QMCSampler,
     from_problem as from_problem,

@@ -34,6 +34,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array
 
+from .._ensemble import Ensemble
 from .._memory import auto_chunk_size, memory_budget, run_with_backoff
 from .._modes import AbstractJacobianMode, get_mode
 from .._names import index_names, names_from_pandas
@@ -49,6 +50,7 @@ from .._stats import (
 )
 from .._validate import check_choice, check_positive_int, promote_float
 from ._checkpoint import Checkpoint, check_destination, load_checkpoint, run_identity
+from ._ensemble import EnsembleSensitivity, Stacked, split_members
 from ._result import SensitivityResult
 from ._sources import AbstractSource, IterableSource, make_source, to_host
 
@@ -89,6 +91,10 @@ class Reduction(eqx.Module):
         """Device bytes per row for the reduction's working arrays, beyond the plan's."""
         return 0.0
 
+    def for_chunk(self, chunk: int, start: int) -> Reduction:
+        """The reduction for a run in chunks of at most `chunk` rows from row `start`."""
+        return self
+
 
 def _stat_bytes() -> int:
     return max(jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64)).itemsize, 4)
@@ -103,33 +109,78 @@ class SensitivityReduction(Reduction):
     """`StreamingStats` of the Jacobian (and Hessian) entries; with `replicate_rows`, one
     more state per randomised-QMC replicate (rows `k·replicate_rows` on), so that the
     replicates give the standard errors. State: `(jac, hess or None, replicates or None)`.
+
+    A chunk may hold rows of several replicates: the kernel then reduces them per
+    replicate too, into `slots` states (a row of replicate `r` into slot `r mod slots`;
+    `slots` is at least the number of replicates one chunk can touch, see `for_chunk`),
+    so one compiled call covers several scrambles.
     """
 
     interactions: bool = eqx.field(static=True)
     replicate_rows: int | None = eqx.field(static=True)
+    replicates: int = eqx.field(static=True, default=1)
+    slots: int = eqx.field(static=True, default=1)
 
     @property
     def hessian(self) -> bool:
         return self.interactions
 
+    def for_chunk(self, chunk, start):
+        m, R = self.replicate_rows, self.replicates
+        if m is None or R == 1:
+            return self
+        if start % chunk == 0 and (m % chunk == 0 or chunk % m == 0):
+            # aligned chunks (and the halves an out-of-memory back-off makes of them):
+            # within one replicate, or whole replicates
+            touched = max(1, chunk // m)
+        else:
+            touched = (chunk - 2) // m + 2 if chunk > 1 else 1
+        return SensitivityReduction(self.interactions, m, R, min(R, touched))
+
     def device(self, J, H, ok, rows_hi, rows_lo):
         out = {"jac": stats_from_batch(J, ok)}
         if H is not None:
             out["hess"] = stats_from_batch(H, ok)
+        if self.slots > 1:
+            # quasi-random samplers hold fewer than 2^32 rows: `rows_lo` is the row index
+            rep = rows_lo // jnp.uint32(self.replicate_rows)
+            slot = rep % jnp.uint32(self.slots)
+            which = slot[None, :] == jnp.arange(self.slots, dtype=jnp.uint32)[:, None]
+            out["reps"] = jax.vmap(lambda sel: stats_from_batch(J, sel))(ok[None, :] & which)
         return out
 
     def host(self, out, stacked):
         merge = _merge_devices if stacked else stats_to_host
-        return {k: merge(v) for k, v in out.items()}
+        part = {k: merge(v) for k, v in out.items() if k != "reps"}
+        if "reps" in out:
+            reps = jax.tree.map(to_host, out["reps"])
+            if stacked:  # (devices, slots, ...): merge each slot over the devices
+                part["reps"] = tuple(
+                    stats_stack_merge(jax.tree.map(lambda x, s=s: x[:, s], reps))
+                    for s in range(self.slots)
+                )
+            else:
+                part["reps"] = tuple(
+                    jax.tree.map(lambda x, s=s: x[s], reps) for s in range(self.slots)
+                )
+        return part
 
     def fold(self, state, start, part):
         jac, hess, reps = state
-        jac = stats_merge(jac, part["jac"])
+        jac = _merge_into(jac, part["jac"])
         if hess is not None:
-            hess = stats_merge(hess, part["hess"])
+            hess = _merge_into(hess, part["hess"])
         if reps is not None:
-            k = start // self.replicate_rows  # a chunk never spans two replicates
-            reps = (*reps[:k], stats_merge(reps[k], part["jac"]), *reps[k + 1 :])
+            reps = list(reps)
+            first = start // self.replicate_rows
+            if "reps" not in part:  # the chunk lies within one replicate
+                reps[first] = _merge_into(reps[first], part["jac"])
+            else:
+                for s, st in enumerate(part["reps"]):
+                    k = first + (s - first) % self.slots
+                    if st.count > 0:
+                        reps[k] = _merge_into(reps[k], st)
+            reps = tuple(reps)
         return jac, hess, reps
 
     def bytes_per_row(self, plan):
@@ -140,6 +191,12 @@ class SensitivityReduction(Reduction):
             item = jnp.dtype(plan.dtype).itemsize
             per_row += (2 * item + 6 * _stat_bytes()) * plan.n_out * plan.n_in * plan.n_in
         return per_row
+
+
+def _merge_into(state: StreamingStats, part: StreamingStats) -> StreamingStats:
+    """`stats_merge(state, part)`; an empty `state` gives `part` itself (what the merge
+    returns then, without its cost)."""
+    return part if state.count == 0 else stats_merge(state, part)
 
 
 # --------------------------------------------------------------------------- the kernel
@@ -361,10 +418,13 @@ def chunk_rows(
     mesh: Mesh | None,
     reduce: Reduction,
 ) -> int:
-    """The chunk size a run starts with (see `sensitivity`'s `chunk_size`); never more
-    rows than one randomised-QMC replicate holds."""
+    """The chunk size a run starts with (see `sensitivity`'s `chunk_size`); for
+    randomised-QMC data never more rows than 8 replicates hold."""
     n_dev = 1 if mesh is None else int(mesh.shape["batch"])
-    n_rows = getattr(source, "replicate_rows", None) or source.n
+    n_rows = source.n
+    m = getattr(source, "replicate_rows", None)
+    if m is not None:  # a chunk touches at most 9 replicates (see SensitivityReduction)
+        n_rows = min(n_rows, 8 * m)
     if chunk_size == "auto":
         device = None if mesh is None else mesh.devices.flat[0]
         if isinstance(source, IterableSource):
@@ -425,7 +485,7 @@ def sensitivity(
     nan_policy: Literal["raise", "omit"] = "raise",
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 16,
-) -> SensitivityResult:
+) -> SensitivityResult | EnsembleSensitivity:
     """Derivative-based global sensitivity of a model over an input distribution.
 
     Streams `data` through the Jacobian engine chunk by chunk and accumulates, for every
@@ -440,7 +500,11 @@ def sensitivity(
 
     **Arguments:**
 
-    - `model`: callable on one sample `(*in_shape,) -> (*out_shape)`.
+    - `model`: callable on one sample `(*in_shape,) -> (*out_shape)`; or a
+        `jacsens.Ensemble`: every member is analysed in the same pass over `data` (their
+        outputs stacked into one model, so one compile and one read of the data) and the
+        result is a `jacsens.EnsembleSensitivity` (member means, the spread between
+        members, within-data standard errors, rank stability).
     - `data`: the inputs, one of (`in_shape` may be `()`: an array `(N,)` for a model
         with scalar input)
         - an array `(N, *in_shape)`: numpy (including `np.memmap`, read chunk by chunk)
@@ -506,7 +570,8 @@ def sensitivity(
 
     **Returns:**
 
-    A `SensitivityResult` with `(n_out, n_in)` statistics.
+    A `SensitivityResult` with `(n_out, n_in)` statistics (for an ensemble, an
+    `EnsembleSensitivity` holding one per member).
 
     **Raises:**
 
@@ -539,9 +604,14 @@ def sensitivity(
     if checkpoint is not None:
         checkpoint = check_destination(checkpoint, "checkpoint")
 
+    ensemble = model if isinstance(model, Ensemble) else None
+    if ensemble is not None:  # every member in one pass: their outputs stacked
+        member_names, output_names, model = output_names, None, Stacked(ensemble)
     source, plan, feature_names, output_names = open_data(
         model, data, mode, feature_names, output_names
     )
+    if ensemble is not None:
+        member_names = stacked_names(names_from_pandas(member_names), plan.out_shape)
 
     shape = (plan.n_out, plan.n_in)
     replicate_rows = getattr(source, "replicate_rows", None)
@@ -560,7 +630,7 @@ def sensitivity(
             ck, mode, chunk_size = _resume(checkpoint, identity, mode, chunk_size)
             r = ck.result
             state = Progress((r.jac, r.hess, r.replicates), ck.rows_done, r.n_omitted)
-    reduce = SensitivityReduction(interactions, replicate_rows)
+    reduce = SensitivityReduction(interactions, replicate_rows, len(reps or (None,)))
 
     def make_result(p: Progress) -> SensitivityResult:
         jac, hess, reps = p.state
@@ -586,7 +656,18 @@ def sensitivity(
         raise ValueError(
             f"No usable samples in `data`: all {run.progress.n_omitted} rows had non-finite values."
         )
+    if ensemble is not None:
+        return split_members(run.result(), ensemble.size, member_names)
     return run.result()
+
+
+def stacked_names(output_names: Any, stacked_out_shape: tuple[int, ...]) -> tuple[str, ...]:
+    """The checked names of one ensemble member's outputs (`stacked_out_shape` without its
+    leading member axis), as `sensitivity` names a single model's outputs."""
+    out_shape = tuple(stacked_out_shape[1:])
+    if output_names is None and not out_shape:
+        return ("y",)
+    return names_of(output_names, out_shape, "output_names", "y")
 
 
 def open_data(model, data, mode, feature_names, output_names):
@@ -625,6 +706,7 @@ def execute(
     source, mesh = run.source, run.mesh
     source.release(run.progress.rows_done)
     chunk = chunk_rows(chunk_size, plan, source, mesh, run.reduce)
+    run.reduce = run.reduce.for_chunk(chunk, run.progress.rows_done)
     # the mode is fixed for the whole run (a back-off to smaller chunks keeps it)
     run.mode = make_plan(
         run.model,
