@@ -28,7 +28,12 @@ from ._jacobian import (
     vjp as vjp,
 )
 from ._losses import LOSSES as LOSSES
-from ._models import ACTIVATIONS as ACTIVATIONS, MLP as MLP, Activation as Activation
+from ._models import (
+    ACTIVATIONS as ACTIVATIONS,
+    MLP as MLP,
+    Activation as Activation,
+    Probabilities as Probabilities,
+)
 from ._modes import (
     AbstractJacobianMode as AbstractJacobianMode,
     Auto as Auto,

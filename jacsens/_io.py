@@ -821,8 +821,15 @@ def _check_standardisation(st: Any, n_features: int) -> None:
         v = st[key]
         if not isinstance(v, list | tuple) or len(v) != n_features:
             raise ValueError(f"`standardisation.{key}` must have {n_features} numbers, got {v!r}")
-    values = [*st["x_mean"], *st["x_std"], st["y_mean"], st["y_std"]]
+    # y: one number per target (a list for several), or None for class labels
+    y_mean, y_std = st["y_mean"], st["y_std"]
+    if (y_mean is None) != (y_std is None):
+        raise ValueError("`standardisation.y_mean` and `y_std` must both be None or neither")
+    ys = [] if y_mean is None else [y_mean, y_std]
+    ys = [v for y in ys for v in (y if isinstance(y, list | tuple) else [y])]
+    values = [*st["x_mean"], *st["x_std"], *ys]
     if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
         raise ValueError("`standardisation` must hold finite numbers")
-    if min(*st["x_std"], st["y_std"]) <= 0:
+    stds = list(st["x_std"]) + ys[len(ys) // 2 :]
+    if stds and min(stds) <= 0:
         raise ValueError("`standardisation` standard deviations must be positive")

@@ -302,3 +302,26 @@ class MLP(eqx.Module):
             "use_bias": self.use_bias,
             "dtype": str(dtype),
         }
+
+
+class Probabilities(eqx.Module):
+    """A classifier's class probabilities from its logits: `softmax(model(x))`.
+
+    Sensitivity and attribution of `Probabilities(model)` describe how each class's
+    probability moves with each input (the CLI's default for classifiers), rather than
+    the logits. A model with one logit (output shape `()` or `(1,)`, a sigmoid binary
+    classifier) gives the two probabilities `[1 - σ(z), σ(z)]`.
+
+    **Fields:**
+
+    - `model`: the logit model (one sample in, `(n_classes,)` or one logit out).
+    """
+
+    model: Any
+
+    def __call__(self, x):
+        z = self.model(x)
+        if z.ndim == 0 or z.shape == (1,):
+            p = jax.nn.sigmoid(jnp.reshape(z, ()))
+            return jnp.stack([1 - p, p])
+        return jax.nn.softmax(z, axis=-1)

@@ -52,6 +52,8 @@ class Dataset:
         of the raw data (`raw = X * x_std + x_mean`); otherwise `None`.
     - `y_mean`, `y_std`: the same for `y` (arrays of one value per target for several).
     - `target_names`: one name per target: `(target_name,)` for one-dimensional `y`.
+    - `class_names`: for classification data, the name of each class (`y == k` is class
+        `class_names[k]`); `()` for regression.
     """
 
     X: np.ndarray
@@ -65,6 +67,12 @@ class Dataset:
     y_mean: float | np.ndarray | None = None
     y_std: float | np.ndarray | None = None
     target_names: tuple[str, ...] = ()
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def task(self) -> str:
+        """`"classification"` (integer class labels with `class_names`) or `"regression"`."""
+        return "classification" if self.class_names else "regression"
 
     def __post_init__(self):
         if self.X.ndim != 2:
@@ -134,12 +142,17 @@ class Dataset:
         `standardise` takes and JSON stores), or `None` if `X` is not standardised."""
         if self.x_mean is None:
             return None
-        y_mean, y_std = np.asarray(self.y_mean), np.asarray(self.y_std)
+        y = {"y_mean": None, "y_std": None}  # class labels are not standardised
+        if self.y_mean is not None:
+            y_mean, y_std = np.asarray(self.y_mean), np.asarray(self.y_std)
+            y = {
+                "y_mean": y_mean.astype(np.float64).tolist(),
+                "y_std": y_std.astype(np.float64).tolist(),
+            }
         return {
             "x_mean": np.asarray(self.x_mean, np.float64).tolist(),
             "x_std": np.asarray(self.x_std, np.float64).tolist(),
-            "y_mean": y_mean.astype(np.float64).tolist(),
-            "y_std": y_std.astype(np.float64).tolist(),
+            **y,
         }
 
     def __repr__(self) -> str:
@@ -395,14 +408,17 @@ def train_test_split(
 
 
 def _standardisation_constants(
-    X: np.ndarray, y: np.ndarray, standardise: Any, features: list[str], targets: list[str]
+    X: np.ndarray, y: np.ndarray | None, standardise: Any, features: list[str], targets: list[str]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """`(x_mean, x_std, y_mean, y_std)` in float64: the data's own, or those given."""
     if standardise is True:
         x_mean, x_std = X.mean(axis=0), X.std(axis=0)
-        y_mean, y_std = y.mean(axis=0), y.std(axis=0)
         const = [f for f, sd in zip(features, x_std, strict=True) if not sd > 0]
-        const += [t for t, sd in zip(targets, np.atleast_1d(y_std), strict=True) if not sd > 0]
+        if y is None:  # class labels: only the features are standardised
+            y_mean = y_std = None
+        else:
+            y_mean, y_std = y.mean(axis=0), y.std(axis=0)
+            const += [t for t, sd in zip(targets, np.atleast_1d(y_std), strict=True) if not sd > 0]
         if const:
             raise ValueError(
                 f"Cannot standardise the constant column(s) {const}: drop them or pass "
@@ -419,9 +435,12 @@ def _standardisation_constants(
             "`standardise` must be True, False or a mapping with the keys x_mean, x_std, "
             f"y_mean and y_std (such as `Dataset.standardisation`), got {standardise!r}."
         )
-    consts = {k: np.asarray(v, np.float64) for k, v in standardise.items()}
-    shapes = {"x_mean": X.shape[1:], "x_std": X.shape[1:], "y_mean": y.shape[1:]}
-    shapes["y_std"] = y.shape[1:]
+    consts = {k: np.asarray(v, np.float64) for k, v in standardise.items() if v is not None}
+    shapes = {"x_mean": X.shape[1:], "x_std": X.shape[1:]}
+    if y is not None:
+        shapes["y_mean"] = shapes["y_std"] = y.shape[1:]
+    elif "y_mean" in consts or "y_std" in consts:
+        raise ValueError("`standardise` holds y constants, but class labels are not standardised.")
     for k, shape in shapes.items():
         if consts[k].shape != shape:
             raise ValueError(
@@ -430,7 +449,7 @@ def _standardisation_constants(
             )
         if not np.all(np.isfinite(consts[k])) or (k.endswith("std") and np.any(consts[k] <= 0)):
             raise ValueError(f"`standardise[{k!r}]` must be finite (stds positive).")
-    return consts["x_mean"], consts["x_std"], consts["y_mean"], consts["y_std"]
+    return consts["x_mean"], consts["x_std"], consts.get("y_mean"), consts.get("y_std")
 
 
 def _from_frame(
@@ -441,6 +460,7 @@ def _from_frame(
     dtype: Any,
     source: str,
     row_label: str,
+    task: str = "regression",
 ) -> Dataset:
     """`from_frame` with `source` naming the table in messages and `row_label` (`"row"`
     or `"line"`) how its rows are numbered (0-based rows, 1-based file lines)."""
@@ -482,7 +502,36 @@ def _from_frame(
         raise ValueError(f"{source} has no feature columns besides the target {targets}.")
     if len(frame) == 0:
         raise ValueError(f"{source} has a header but no data rows.")
-    used = feats + targets
+    if task not in ("auto", "regression", "classification"):
+        raise ValueError(f"`task` must be 'auto', 'regression' or 'classification', got {task!r}.")
+    if task == "auto":
+        task = (
+            "classification" if all(looks_categorical(frame[t]) for t in targets) else "regression"
+        )
+    labels: np.ndarray | None = None
+    class_names: tuple[str, ...] = ()
+    if task == "classification":
+        if not single:
+            raise ValueError(
+                f"Classification takes one target column, got {targets}; fit one model per "
+                "target, or treat them as regression targets."
+            )
+        col = frame[targets[0]]
+        if col.isna().any():
+            row = int(np.flatnonzero(col.isna().to_numpy())[0])
+            where = f"line {row + 2}" if row_label == "line" else f"row {row}"
+            raise ValueError(f"{source} has a missing class label (first: {where}).")
+        values, codes = np.unique(col.to_numpy(), return_inverse=True)
+        if len(values) < 2:
+            raise ValueError(
+                f"Target {targets[0]!r} of {source} has one class ({values[0]!r}); "
+                "classification needs at least two."
+            )
+        labels = codes.astype(np.int32).reshape(-1)
+        class_names = tuple(_class_name(v) for v in values)
+        used = list(feats)
+    else:
+        used = feats + targets
     text = [c for c in used if not pd.api.types.is_numeric_dtype(frame[c])]
     if text:
         raise ValueError(
@@ -498,7 +547,10 @@ def _from_frame(
             f"values (first: {where}, column {used[col]!r})."
         )
     X = values[:, : len(feats)]
-    y = values[:, len(feats)] if single else values[:, len(feats) :]
+    if labels is not None:
+        y = None
+    else:
+        y = values[:, len(feats)] if single else values[:, len(feats) :]
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"`dtype` must be float32 or float64, got {dtype}.")
@@ -506,19 +558,24 @@ def _from_frame(
     how = "raw (not standardised)"
     if standardise is not False:
         x_mean, x_std, y_mean, y_std = _standardisation_constants(X, y, standardise, feats, targets)
-        X, y = (X - x_mean) / x_std, (y - y_mean) / y_std
-        y_mean_out = float(y_mean) if single else y_mean
-        y_std_out = float(y_std) if single else y_std
-        st = dict(x_mean=x_mean, x_std=x_std, y_mean=y_mean_out, y_std=y_std_out)
+        X = (X - x_mean) / x_std
+        st = dict(x_mean=x_mean, x_std=x_std)
+        if y is not None:
+            y = (y - y_mean) / y_std
+            st["y_mean"] = float(y_mean) if single else y_mean
+            st["y_std"] = float(y_std) if single else y_std
         how = (
             "standardised to mean 0, std 1 (population std)"
             if standardise is True
             else "standardised with the constants given"
         )
     X = X.astype(dtype)
+    if labels is not None:
+        how += f"; target {targets[0]!r}: {len(class_names)} classes {list(class_names)[:10]}"
     return Dataset(
         X=X,
-        y=y.astype(dtype),
+        y=labels if labels is not None else y.astype(dtype),  # type: ignore[union-attr]
+        class_names=class_names,
         feature_names=tuple(feats),
         target_name=targets[0] if single else ", ".join(targets),
         description=f"{source}: {len(X)} rows, target(s) {targets}; X and y {how}.",
@@ -528,6 +585,31 @@ def _from_frame(
     )
 
 
+_MAX_AUTO_CLASSES = 10
+
+
+def _class_name(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def looks_categorical(column: Any) -> bool:
+    """Whether `task="auto"` treats a target column as class labels: text, booleans or
+    categories; or whole numbers with at most 10 distinct values, fewer than half the rows
+    (`0/1/2` class codes, not counts or measurements)."""
+    import pandas as pd
+
+    values = column.dropna()
+    if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return True
+    v = values.to_numpy(dtype=np.float64)
+    if v.size == 0 or not np.all(np.isfinite(v)) or not np.all(v == np.round(v)):
+        return False
+    levels = np.unique(v).size
+    return 2 <= levels <= _MAX_AUTO_CLASSES and levels <= v.size / 2
+
+
 def from_frame(
     frame: Any,
     target: str | Sequence[str],
@@ -535,6 +617,7 @@ def from_frame(
     features: Sequence[str] | None = None,
     standardise: bool | Mapping[str, Any] = True,
     dtype: Any = np.float32,
+    task: str = "regression",
 ) -> Dataset:
     """A `Dataset` from the numeric columns of a pandas DataFrame.
 
@@ -550,6 +633,12 @@ def from_frame(
         mapping with `x_mean`, `x_std`, `y_mean`, `y_std` (such as another data set's
         `standardisation`, e.g. that of the training data) standardises with those.
     - `dtype`: `float32` (default) or `float64`, of `X` and `y`.
+    - `task`: `"regression"` (default), `"classification"` (one target column whose
+        distinct values, sorted, become classes `0..C-1`: `y` holds `int32` labels, not
+        standardised, and `class_names` their names; the column may hold text), or
+        `"auto"`: classification when the target is text, booleans, categories, or whole
+        numbers with at most 10 distinct values (fewer than half the rows); regression
+        otherwise.
 
     **Returns:**
 
@@ -563,7 +652,7 @@ def from_frame(
     standardise is constant, or the frame has no rows; `TypeError` for arguments of the
     wrong type.
     """
-    return _from_frame(frame, target, features, standardise, dtype, "the frame", "row")
+    return _from_frame(frame, target, features, standardise, dtype, "the frame", "row", task)
 
 
 def from_csv(
@@ -573,13 +662,14 @@ def from_csv(
     features: Sequence[str] | None = None,
     standardise: bool | Mapping[str, Any] = True,
     dtype: Any = np.float32,
+    task: str = "regression",
 ) -> Dataset:
     """A `Dataset` from a CSV file with a header row (read with pandas).
 
     **Arguments:**
 
     - `path`: the CSV file; its first line names the columns.
-    - `target`, `features`, `standardise`, `dtype`: as in `from_frame`.
+    - `target`, `features`, `standardise`, `dtype`, `task`: as in `from_frame`.
 
     **Returns:**
 
@@ -606,4 +696,4 @@ def from_csv(
         raise ValueError(f"{path!r} is empty (no header row, no data).") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise ValueError(f"Cannot read {path!r} as CSV: {str(e).splitlines()[0]}") from None
-    return _from_frame(frame, target, features, standardise, dtype, repr(path), "line")
+    return _from_frame(frame, target, features, standardise, dtype, repr(path), "line", task)
