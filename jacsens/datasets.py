@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
+from ._names import index_names
+
 __all__ = [
     "Dataset",
     "diabetes",
@@ -257,10 +259,12 @@ def digits() -> Dataset:
 def friedman1(n: int, key: PRNGKeyArray, noise: float = 0.0) -> Dataset:
     """Friedman's (1991) test function #1, sampled with `jax.random`.
 
-    `y = 10 sin(π x1 x2) + 20 (x3 − 0.5)² + 10 x4 + 5 x5 + noise · ε` with ten features
-    `x1..x10` independent and uniform on `[0, 1]` and `ε ~ N(0, 1)`; `x6..x10` do not
+    `y = 10 sin(π x0 x1) + 20 (x2 − 0.5)² + 10 x3 + 5 x4 + noise · ε` with ten features
+    `x0..x9` independent and uniform on `[0, 1]` and `ε ~ N(0, 1)`; `x5..x9` do not
     enter `y`, which makes it a standard check that a sensitivity analysis finds
-    irrelevant inputs. Data are not standardised (`bounds` are the sampling box).
+    irrelevant inputs. The features are named as `jacsens.sensitivity` names the columns
+    of an unnamed array (`x0..x9`, 0-based, where Friedman writes `x1..x10`). Data are
+    not standardised (`bounds` are the sampling box).
 
     **Arguments:**
 
@@ -287,18 +291,19 @@ def friedman1(n: int, key: PRNGKeyArray, noise: float = 0.0) -> Dataset:
     return Dataset(
         X=np.asarray(X),
         y=np.asarray(y, dtype=np.float32),
-        feature_names=tuple(f"x{i}" for i in range(1, 11)),
+        feature_names=index_names((10,)),
         target_name="y",
         description=(
-            "Friedman #1: y = 10 sin(pi x1 x2) + 20 (x3 - 0.5)^2 + 10 x4 + 5 x5 + noise, "
-            f"x ~ U[0, 1]^10 (x6..x10 irrelevant), noise std {noise}."
+            "Friedman #1: y = 10 sin(pi x0 x1) + 20 (x2 - 0.5)^2 + 10 x3 + 5 x4 + noise, "
+            f"x ~ U[0, 1]^10 (x5..x9 irrelevant), noise std {noise}."
         ),
         bounds=np.tile(np.array([[0.0, 1.0]], dtype=np.float32), (10, 1)),
     )
 
 
 def friedman1_function(X: Any) -> jax.Array:
-    """The noiseless Friedman #1 response for inputs of shape `(N, ≥5)` (columns 6+ unused)."""
+    """The noiseless Friedman #1 response for inputs of shape `(N, ≥5)` (columns `x5`
+    onwards, 0-based, unused)."""
     X = jnp.asarray(X)
     if X.ndim != 2 or X.shape[1] < 5:
         raise ValueError(f"`X` must have shape (N, >=5), got {X.shape}.")

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import jacsens
 from jacsens import datasets
 
 
@@ -66,6 +67,16 @@ def test_friedman1_formula_and_reproducibility(getkey):
     X2 = X.copy()
     X2[:, 5:] = 0.123
     np.testing.assert_allclose(datasets.friedman1_function(X2), expected, rtol=1e-12)
+
+
+def test_friedman1_feature_names_are_the_default_names(getkey):
+    # issue 12 item 7: the data set's names are those sensitivity gives unnamed columns
+    data = datasets.friedman1(20, getkey())
+    assert data.feature_names == tuple(f"x{i}" for i in range(10))
+    res = jacsens.sensitivity(lambda x: datasets.friedman1_function(x[None])[0], data.X)
+    assert res.feature_names == data.feature_names
+    # x0..x4 enter y, x5..x9 do not: the derivative of the irrelevant ones is exactly 0
+    assert np.all(res.mean_abs[0][:5] > 0) and np.all(res.mean_abs[0][5:] == 0)
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])
