@@ -50,6 +50,7 @@ from ._sensitivity import (
     EnsembleSensitivity as EnsembleSensitivity,
     NormalisedDGSM as NormalisedDGSM,
     QMCSampler as QMCSampler,
+    ReplicateMedian as ReplicateMedian,
     SensitivityResult as SensitivityResult,
     active_subspace as active_subspace,
     from_problem as from_problem,

@@ -260,3 +260,92 @@ def test_qmc_on_the_device_mesh(getkey):
     many = jacsens.sensitivity(ishigami, s, chunk_size=64, devices=devices, progress=False)
     assert_close(many.dgsm, one.dgsm, 1e-13 * one.dgsm.max())
     assert_close(many.dgsm_se, one.dgsm_se, 1e-12 * one.dgsm.max())
+
+
+def test_sobol_scramble_is_a_linear_scramble_of_scipys_sequence():
+    from scipy.stats import qmc
+
+    from jacsens._sensitivity._qmc import _DIGITS, _sobol_points, _sobol_tables
+
+    # with L = I and no shift the tables give scipy's unscrambled points (Gray-code order)
+    class Identity:
+        def integers(self, low, high, size, dtype):
+            return np.zeros(size, dtype)
+
+    tables, shift = _sobol_tables(4, 512, Identity())
+    assert shift.tolist() == [0] * 4 and tables.shape == (2, 256, 4)  # 9 index bits
+    u = _sobol_points((tables, shift), 0, 512) - 0.5 * 2.0**-_DIGITS
+    assert_close(u, qmc.Sobol(4, scramble=False).random(512), 0.0)
+    # a scramble keeps the (0, 8, 2)-net property of coordinates 0 and 1: every box of
+    # 2^-a by 2^-(8-a) holds exactly one of the first 256 points (and 2 of the first 512)
+    u = _sobol_points(_sobol_tables(4, 512, np.random.default_rng(3)), 0, 512)
+    assert np.all((u > 0) & (u < 1))
+    for a in range(9):
+        box = np.floor(u[:, 0] * 2**a) * 2 ** (8 - a) + np.floor(u[:, 1] * 2 ** (8 - a))
+        assert np.bincount(box[:256].astype(int), minlength=256).tolist() == [1] * 256
+        assert np.bincount(box.astype(int), minlength=256).tolist() == [2] * 256
+    # points by index equal points read in pieces
+    t = _sobol_tables(4, 512, np.random.default_rng(3))
+    assert_close(np.concatenate([_sobol_points(t, 0, 77), _sobol_points(t, 77, 435)]), u, 0.0)
+
+
+@pytest.mark.parametrize("method", ["sobol", "halton"])
+def test_chunks_spanning_replicates_keep_each_replicate_apart(getkey, method):
+    # f = Σ x³/3: ∂f/∂x_i = x_i², so each replicate's statistics are those of its rows
+    bounds = [[0.0, 1.0], [-2.0, 2.0], [5.0, 6.0]]
+    s = getattr(jacsens, method)(bounds, 96, getkey(), replicates=3)
+    g = s.rows(0, 96) ** 2
+    runs = [
+        jacsens.sensitivity(lambda x: jnp.sum(x**3) / 3, s, chunk_size=c, progress=False)
+        for c in (7, 32, 64, 96)
+    ]
+    runs.append(
+        jacsens.sensitivity(
+            lambda x: jnp.sum(x**3) / 3, s, chunk_size=7, devices=jax.devices(), progress=False
+        )
+    )
+    for r in runs:
+        assert r.n == 96 and len(r.replicates) == 3
+        for k, rep in enumerate(r.replicates):
+            part = g[32 * k : 32 * (k + 1)]
+            assert rep.n == 32
+            assert_close(rep.mean[0], part.mean(axis=0), 1e-14)
+            assert_close(rep.sq_mean[0], (part**2).mean(axis=0), 1e-14)
+            assert_close(rep.max_abs[0], np.abs(part).max(axis=0), 1e-15)
+        assert_close(r.dgsm[0], (g**2).mean(axis=0), 1e-14)
+        reps = np.stack([(g[32 * k : 32 * (k + 1)] ** 2).mean(axis=0) for k in range(3)])
+        assert_close(r.dgsm_se[0], reps.std(axis=0, ddof=1) / math.sqrt(3), 1e-12)
+
+
+def test_replicate_median_and_its_order_statistic_interval(getkey):
+    nu = ishigami_dgsm()
+    s = jacsens.sobol(ISHIGAMI_BOUNDS, 2**12, getkey(), replicates=8)
+    r = jacsens.sensitivity(ishigami, s, progress=False)
+    reps = np.sort(np.stack([rep.sq_mean for rep in r.replicates]), axis=0)
+    med = r.replicate_median("dgsm")
+    assert_close(med.value, (reps[3] + reps[4]) / 2, 0.0)
+    # R = 8, level 0.9: k = 2, coverage 1 - 2 (1 + 8) / 256
+    assert_close(med.low, reps[1], 0.0) and assert_close(med.high, reps[6], 0.0)
+    assert med.coverage == 1 - 18 / 256
+    assert np.all((med.low[0] <= nu) & (nu <= med.high[0])), (med, nu)
+    assert np.all(np.abs(med.value[0] - nu) < 1e-3 * nu)
+    # a looser level takes inner order statistics; R = 4 cannot reach 0.9: k = 1, 7/8
+    assert r.replicate_median("dgsm", level=0.5).coverage == 1 - 74 / 256
+    means = np.sort(np.stack([rep.mean for rep in r.replicates]), axis=0)
+    assert_close(r.replicate_median("mean").value, (means[3] + means[4]) / 2, 0.0)
+    r4 = jacsens.sensitivity(
+        ishigami, jacsens.sobol(ISHIGAMI_BOUNDS, 256, getkey(), replicates=4), progress=False
+    )
+    m4 = r4.replicate_median("std")
+    stds = np.sort(np.stack([rep.std for rep in r4.replicates]), axis=0)
+    assert m4.coverage == 7 / 8
+    assert_close(m4.low, stds[0], 0.0) and assert_close(m4.high, stds[3], 0.0)
+    with pytest.raises(ValueError, match="statistic"):
+        r.replicate_median("max_abs")
+    with pytest.raises(ValueError, match="level"):
+        r.replicate_median(level=1.0)
+    plain = jacsens.sensitivity(
+        ishigami, jacsens.uniform(ISHIGAMI_BOUNDS, 64, getkey()), progress=False
+    )
+    with pytest.raises(ValueError, match="needs replicates"):
+        plain.replicate_median()

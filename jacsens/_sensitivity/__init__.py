@@ -31,7 +31,11 @@ from ._qmc import (
     halton as halton,
     sobol as sobol,
 )
-from ._result import NormalisedDGSM as NormalisedDGSM, SensitivityResult as SensitivityResult
+from ._result import (
+    NormalisedDGSM as NormalisedDGSM,
+    ReplicateMedian as ReplicateMedian,
+    SensitivityResult as SensitivityResult,
+)
 from ._run import sensitivity as sensitivity
 from ._sources import (
     AbstractSampler as AbstractSampler,

@@ -11,7 +11,7 @@ What a `data` argument means (`make_source`):
 - a sampler (`jacsens.uniform`, `jacsens.normal`, `jacsens.from_problem`): rows drawn on
   the device, each from its own key;
 - a quasi-random sampler (`jacsens.sobol`, `jacsens.halton`, see `_qmc`): rows generated on
-  the host by index, in replicates (independent scrambles), a block never spanning two;
+  the host by index, in replicates (independent scrambles; a block may span several);
 - a numpy array (`np.memmap` included, read block by block) or a jax array, `(N, *in)`;
 - an array-like read as ONE array of rows: a list or tuple (of rows, or of numbers for a
   scalar-input model), a pandas `DataFrame` (its column labels become the feature names)
@@ -253,6 +253,13 @@ def uniform(
     n = _check_n(n)
     key = _as_key(key)
     dtype = _float_dtype(dtype)
+    lo, hi = uniform_bounds(bounds)
+    return Uniform(n, tuple(lo.shape), dtype, key, jnp.asarray(lo, dtype), jnp.asarray(hi, dtype))
+
+
+def uniform_bounds(bounds: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`(low, high)` of `(*in_shape, 2)` uniform bounds as float64 arrays `in_shape`,
+    checked as `uniform` documents (`TypeError`/`ValueError` naming `bounds`)."""
     b = _as_float64(bounds, "bounds")
     if b.ndim < 1 or b.shape[-1] != 2:
         raise ValueError(
@@ -270,7 +277,7 @@ def uniform(
             f"`bounds` must have low < high for every input; {what} has "
             f"low={float(lo[i])!r} >= high={float(hi[i])!r}."
         )
-    return Uniform(n, tuple(lo.shape), dtype, key, jnp.asarray(lo, dtype), jnp.asarray(hi, dtype))
+    return lo, hi
 
 
 def normal(
