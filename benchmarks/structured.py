@@ -20,6 +20,7 @@ classifier 1x28x28 -> 10 and the MLPs 784-1024-16-1024-784 and 784-512-512-10 (B
 
     python benchmarks/structured.py          # -> benchmarks/results/cpu-<date>-structured.json
     python benchmarks/structured.py --quick  # fewer rounds, B = 8 only
+    python benchmarks/structured.py --only MLP --out path.json  # some cases, own file
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import numpy as np
 
 import jacsens
 from jacsens._atomic import atomic_write_json
+from jacsens._plan import make_plan
 from jacsens._program._bracket import plan_bracketing, program_costs
 from jacsens._program._segments import segments_jacobian
 from jacsens._program._trace import model_leaves, trace_program
@@ -223,6 +225,13 @@ def measure(name, build, in_shape, B, rounds, rng, api) -> dict[str, Any]:
     ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     best_plain = min(ms["rev"], ms["fwd"])
     est = program_costs(program, B, 4)
+    auto = {}
+    if api:
+        fastest = min(ms["rev"], ms["fwd"], ms["seg"])
+        auto = {
+            "auto_mode": make_plan(model, X).mode.name,
+            "auto_over_fastest": ms["api-auto"] / fastest,
+        }
     return {
         "model": name,
         "batch": B,
@@ -246,22 +255,29 @@ def measure(name, build, in_shape, B, rounds, rng, api) -> dict[str, Any]:
         "analysis_s": analysis,
         "rel_err_vs_rev": errors,
         "speedup_seg_over_best_plain": best_plain / ms["seg"],
+        **auto,
     }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     cols = ["rev", "fwd", "seg", "api-auto", "api-seg"]
     head = f"{'model':<38}{'B':>4}" + "".join(f"{c:>10}" for c in cols)
-    lines = [head + f"{'gain':>8}  plan", "-" * (len(head) + 30)]
+    lines = [head + f"{'gain':>8}{'auto/min':>9}  plan", "-" * (len(head) + 40)]
     for r in rows:
         cells = "".join(
             f"{r['median_ms'][c]:>10.2f}" if c in r["median_ms"] else f"{'-':>10}" for c in cols
         )
         lines.append(
             f"{r['model']:<38}{r['batch']:>4}{cells}"
-            f"{r['speedup_seg_over_best_plain']:>7.1f}x  {r['plan']}"
+            f"{r['speedup_seg_over_best_plain']:>7.1f}x"
+            + (f"{r['auto_over_fastest']:>8.2f}x" if "auto_over_fastest" in r else f"{'-':>9}")
+            + f"  {r['plan']}"
+            + (f" (auto: {r['auto_mode']})" if "auto_mode" in r else "")
         )
-    lines.append("(median ms; gain = best of rev/fwd over seg)")
+    lines.append(
+        "(median ms; gain = best of rev/fwd over seg; auto/min = api-auto over the fastest "
+        "of rev, fwd, seg)"
+    )
     lines.append(
         "compile s: "
         + "; ".join(
@@ -279,19 +295,25 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--label", default="")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None, help="JSON path (default: results/)")
+    ap.add_argument(
+        "--only", default=None, help="run only the cases whose model name contains this"
+    )
     args = ap.parse_args()
     rounds = args.rounds or (3 if args.quick else 7)
     rng = random.Random(args.seed)
     api = _segments_api_works()
     rows = []
     for name, build, in_shape, B in models(args.quick):
+        if args.only and args.only not in name:
+            continue
         rows.append(measure(name, build, in_shape, B, rounds, rng, api))
         r = rows[-1]
         print(f"{name} B={B}: {r['median_ms']} plan {r['plan']}", flush=True)
     print(table(rows))
     date = datetime.date.today().isoformat()
     label = f"-{args.label}" if args.label else ""
-    out = RESULTS / f"{jax.default_backend()}-{date}-structured{label}.json"
+    out = args.out or RESULTS / f"{jax.default_backend()}-{date}-structured{label}.json"
     atomic_write_json(
         out,
         {

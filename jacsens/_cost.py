@@ -29,6 +29,9 @@ class JacobianCost:
         the program (`segments`); `None` if neither applies.
     - `seconds`: mode -> estimated time on the device kind `device` (a roofline model with
         typical constants: for ranking modes, not a promise).
+    - `bracketing`: on a layer chain whose program was traced, the segment plan's
+        bracketing (which `auto` weighs against chain); `None` otherwise (then `order`
+        is the bracketing).
     """
 
     batch_size: int
@@ -38,6 +41,7 @@ class JacobianCost:
     order: str | None
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     device: str = ""
+    bracketing: str | None = None
 
     def __str__(self) -> str:
         rows = [f"{'mode':<10}{'GFLOP':>12}{'MB':>12}{'est. time':>12}"]
@@ -50,6 +54,8 @@ class JacobianCost:
             )
         if self.order:
             rows.append(f"order of the products: {self.order}")
+        if self.bracketing:
+            rows.append(f"segment plan: {self.bracketing}")
         if self.seconds and self.device:
             rows.append(f"(estimated times: roofline model of a typical {self.device})")
         return "\n".join(rows)

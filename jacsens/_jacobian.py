@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import collections
+import functools
 import io
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Hashable
 from typing import Any, Literal
 
 import equinox as eqx
@@ -23,8 +26,60 @@ Mode = str | AbstractJacobianMode  # a name in `jacsens._modes.MODE_NAMES`, or a
 
 
 @eqx.filter_jit
-def _jacobian_impl(model, X, plan: Plan, chunk_size):
+def _filtered_jacobian(model, X, plan: Plan, chunk_size):
     return plan.jacobian(model, X, chunk_size)
+
+
+# Compiled Jacobians by everything static about a call: the model's pytree structure and
+# non-array leaves, the plan and the chunk size. Each is a `jax.jit` of the model's array
+# leaves and `X`, which dispatches in C++, where `eqx.filter_jit` partitions and hashes the
+# model in Python on every call. Measured on CPU, `input_jacobian` of an MLP 8-16-16-4 on
+# 2 rows, waiting for the result: 184 µs per call through `filter_jit`, ~100 µs now, of
+# which ~80 µs are the compiled call itself.
+_compiled: collections.OrderedDict[Hashable, Callable] = collections.OrderedDict()
+_COMPILED_SIZE = 256
+# The last call's model (weakly), plan and chunk size, and its compiled function and array
+# leaves: a loop over batches of one model skips flattening and hashing it. The leaves are
+# dropped when the model is collected (the weak reference's callback).
+_last_call: list[tuple[Any, Plan, Any, Callable, list[Any]]] = []
+
+
+def _jacobian_impl(model, X, plan: Plan, chunk_size):
+    """`plan.jacobian(model, X, chunk_size)` compiled, the model's arrays and `X` traced
+    and everything else static (as `eqx.filter_jit` does, with less work per call)."""
+    if _last_call:
+        ref, last_plan, last_chunk, fn, arrays = _last_call[0]
+        if ref() is model and last_plan is plan and last_chunk == chunk_size:
+            return fn(arrays, X)
+    leaves, treedef = jax.tree.flatten(model)
+    is_array = [eqx.is_array(x) for x in leaves]
+    static = tuple(None if a else x for x, a in zip(leaves, is_array, strict=True))
+    key = (treedef, static, plan, chunk_size)
+    try:
+        fn = _compiled.get(key)
+    except TypeError:  # an unhashable non-array leaf: equinox reports it
+        return _filtered_jacobian(model, X, plan, chunk_size)
+    if fn is None:
+        fn = jax.jit(functools.partial(_apply_plan, treedef, static, plan, chunk_size))
+        _compiled[key] = fn
+        if len(_compiled) > _COMPILED_SIZE:
+            _compiled.popitem(last=False)
+    arrays = [x for x, a in zip(leaves, is_array, strict=True) if a]
+    _last_call.clear()
+    if not any(isinstance(x, jax.core.Tracer) for x in (*arrays, X)):  # never keep tracers
+        try:
+            ref = weakref.ref(model, lambda _: _last_call.clear())
+        except TypeError:  # no weak references: the full path every time
+            pass
+        else:
+            _last_call.append((ref, plan, chunk_size, fn, arrays))
+    return fn(arrays, X)
+
+
+def _apply_plan(treedef, static, plan: Plan, chunk_size, arrays, X):
+    it = iter(arrays)
+    leaves = [next(it) if x is None else x for x in static]
+    return plan.jacobian(jax.tree.unflatten(treedef, leaves), X, chunk_size)
 
 
 def input_jacobian(
@@ -233,6 +288,8 @@ def _explain_chain(chain, cost: JacobianCost, buf) -> None:
         print(f"  {name:<22}{shape:>14}  {kind}", file=buf)
     print("", file=buf)
     print(f"Optimal order of the dense factors: {cost.order}", file=buf)
+    if cost.best == "segments":
+        print(f"auto's plan, the program's segments bracketed: {cost.bracketing}", file=buf)
 
 
 def _check_products(model, X, V, vname: str, want: str) -> tuple[Plan, Array, Array]:

@@ -110,9 +110,7 @@ def test_mode_objects_and_names(getkey):
 def test_eqx_mlp_depth0_final_activation_is_not_a_chain(getkey):
     """Equinox ignores `final_activation` at depth 0; a chain that added diag(f') would give
     wrong chain/backprop Jacobians, weight gradients, ghost norms and sensitivities."""
-    m = init_model(
-        lambda k: eqx.nn.MLP(4, 3, 5, 0, final_activation=jnp.tanh, key=k), getkey()
-    )
+    m = init_model(lambda k: eqx.nn.MLP(4, 3, 5, 0, final_activation=jnp.tanh, key=k), getkey())
     X = random_inputs(getkey(), 6, (4,))
     x = X[0]
     assert_close(m(x), m.layers[0](x), 1e-15)  # Equinox's behaviour, which we must follow
@@ -254,3 +252,48 @@ def test_numpy_evaluator_matches_jax(getkey, dtype):
     conv = eqx.nn.Conv1d(1, 2, 3, key=getkey())
     with pytest.raises(Unsupported):
         evaluate(conv, jnp.ones((1, 6)))
+
+
+class _Scaled(eqx.Module):
+    """`s · tanh(W x)`: an array leaf and a non-array leaf (static under jit)."""
+
+    W: jax.Array
+    s: float
+
+    def __call__(self, x):
+        return self.s * jnp.tanh(self.W @ x)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_compiled_dispatch_sees_new_weights_and_static_leaves(getkey, fresh_plans, dtype):
+    """`input_jacobian` reuses one compiled function per model structure and plan (and the
+    last call's model, weakly): new weights, a new static leaf, and the same model again
+    after another must each give their own Jacobian, never a stale one."""
+    import gc
+
+    from jacsens import _jacobian
+
+    tol = 1e-5 if dtype == jnp.float32 else 1e-12
+    X = random_inputs(getkey(), 4, (5,), dtype=dtype)
+    m1 = random_mlp(getkey(), 5, (7,), 3, dtype=dtype)
+    m2 = jax.tree.map(lambda a: 1.5 * a if eqx.is_inexact_array(a) else a, m1)
+    W = random_inputs(getkey(), 3, (5,), dtype=dtype)
+    s2, s3 = _Scaled(W, 2.0), _Scaled(W, 3.0)
+    for model in (m1, m2, m1, m1, s2, s3, s2):
+        J = jacsens.input_jacobian(model, X)
+        assert J.dtype == jnp.dtype(dtype)
+        assert_close(J, jax.vmap(jax.jacrev(model))(X), tol)
+    # m1 and m2 share a structure and a plan: one compiled function for both
+    J3 = jacsens.input_jacobian(s3, X)
+    assert_close(J3, 1.5 * jacsens.input_jacobian(s2, X), tol)
+    # the last call's model is held weakly: collected, its entry (and arrays) go with it
+    assert _jacobian._last_call
+    del s2, model
+    gc.collect()
+    assert not _jacobian._last_call
+    # under an outer jit the model's arrays are tracers: nothing is kept, and the result
+    # is the Jacobian of the weights passed in
+    f = jax.jit(lambda m, X: jacsens.input_jacobian(m, X))
+    assert_close(f(m2, X), jax.vmap(jax.jacrev(m2))(X), tol)
+    assert_close(f(m1, X), jax.vmap(jax.jacrev(m1))(X), tol)
+    assert not _jacobian._last_call

@@ -7,6 +7,7 @@ with brute force over every plan.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -18,8 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import jacsens
+from jacsens._order import optimal_order
 from jacsens._program._bracket import (
     Materialise,
+    Split,
     _all_plans,
     _Model,
     _optimal,
@@ -31,7 +34,7 @@ from jacsens._program._bracket import (
 from jacsens._program._segments import segments_jacobian
 from jacsens._program._trace import SegmentInfo, model_leaves, trace_program
 
-from helpers import init_model, rel_err
+from helpers import init_model, random_mlp, rel_err
 
 TOL = {jnp.dtype(jnp.float32): 1e-5, jnp.dtype(jnp.float64): 1e-12}
 _execute = jax.jit(segments_jacobian, static_argnums=(0, 1))
@@ -712,3 +715,127 @@ def test_pruning_keeps_exactly_the_cut_the_optimal_plan_uses():
     assert prune_cuts(infos_for, [1, 2, 3], cpu) == (2,)
     assert prune_cuts(infos_for, [2], cpu) == (2,)
     assert prune_cuts(infos_for, [], cpu) == ()
+
+
+# ---------------------------------------------------------------------------------------
+# Layer chains: the DP reproduces the matrix-chain order; auto weighs the segment plan
+# ---------------------------------------------------------------------------------------
+
+
+class _FlopsOnly:
+    """A device on which time is FLOPs: no bandwidth limit, no kernel overhead."""
+
+    peak_flops, bandwidth, op_overhead, fwd_efficiency = 1.0, math.inf, 0.0, 1.0
+
+
+def _mlp_segments(dims):
+    """The segments of an MLP `W_n ⋯ diag ⋯ W_2 diag W_1`: dense layers (affine, 2pq
+    FLOPs per sample) and activations between them (diagonal, a FLOP per element)."""
+    infos = []
+    for k in range(1, len(dims)):
+        a, b = dims[k - 1], dims[k]
+        infos.append(SegmentInfo(a, b, 2.0 * a * b, a + b, a * b, 1.0, max(a, b), affine=True))
+        if k < len(dims) - 1:
+            infos.append(SegmentInfo(b, b, float(b), 2.0 * b, 0.0, 1.0, b, diagonal=True))
+    return tuple(infos)
+
+
+def _chain_order_as_plan(order, model):
+    """`optimal_order`'s bracketing as a segment plan (W_k is segment 2k-1, the diagonal
+    after it segment 2k): each split multiplies across its diagonal, applied as a scaling
+    of the smaller neighbour, exactly as `chain_product` does; returns the plan and the
+    elements the chain's scalings touch per sample."""
+    dims = order.dims
+    scaled = 0
+
+    def leaf(k):
+        options = [Materialise(2 * k - 2, 2 * k - 1, how) for how in ("rev", "fwd")]
+        return min(options, key=lambda t: _plan_cost(t, model).seconds)
+
+    def product(i, j):
+        nonlocal scaled
+        if i == j:
+            return leaf(i)
+        k = order.split[(i, j)]
+        left, right, diag = product(k + 1, j), product(i, k), Materialise(2 * k - 1, 2 * k, "diag")
+        lo, hi = 2 * i - 2, 2 * j - 1
+        scaled += min(dims[j], dims[i - 1]) * dims[k]
+        if dims[j] <= dims[i - 1]:
+            return Split(lo, 2 * k - 1, hi, Split(2 * k - 1, 2 * k, hi, left, diag), right)
+        return Split(lo, 2 * k, hi, left, Split(lo, 2 * k - 1, 2 * k, diag, right))
+
+    return product(1, len(dims) - 1), scaled
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dp_reproduces_the_matrix_chain_order_on_mlp_chains(seed):
+    # Today's chain mode multiplies the dense factors in `optimal_order`'s bracketing. On
+    # the same chain, as segments, the DP must find a plan exactly as cheap in products:
+    # never dearer than that order, and cheaper at most by what the chain spends on the
+    # diagonals (their extraction and its scalings, which the DP may fold into sweeps or
+    # apply to a narrower neighbour). A huge batch makes the shared factors (a lone dense
+    # layer, materialised once per batch) free per sample, as the chain's count has them.
+    rng = random.Random(seed)
+    B = 10**9
+    for _ in range(25):
+        dims = tuple(
+            rng.choice([1, 2, 3, 5, 8, 16, 32, 64, 100, 300]) for _ in range(rng.randint(2, 7))
+        )
+        flags = (False, *([True] * (len(dims) - 2)), False)
+        order = optimal_order(dims, flags)
+        model = _Model(_mlp_segments(dims), B, 4, _FlopsOnly())
+        plan, scaled = _chain_order_as_plan(order, model)
+        chain_cost = _plan_cost(plan, model).seconds
+        dp_cost = _optimal(model)[0].seconds
+        diagonals = (sum(dims[1:-1]) + scaled) * B
+        assert dp_cost <= chain_cost * (1 + 1e-12), (dims, order.describe())
+        assert dp_cost >= (chain_cost - diagonals) * (1 - 1e-12), (dims, order.describe())
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_auto_weighs_the_segment_plan_on_layer_chains(dtype):
+    from jacsens import _plan
+    from jacsens._modes import MARGIN, Auto, Chain
+
+    itemsize = jnp.dtype(dtype).itemsize
+    # the benchmark's bottleneck MLP, B=8: the segment plan (a factor of width 16 on each
+    # side) is estimated >10% below chain on the chain's footing, and auto runs it
+    m = random_mlp(jax.random.key(5), 784, (1024, 16, 1024), 784, dtype=dtype)
+    X = jax.random.normal(jax.random.key(1), (8, 784), dtype)
+    plan = _plan.make_plan(m, X, "auto")
+    assert plan.chain is not None and plan.program is not None
+    assert plan.mode.name == "segments"
+    cost = plan.cost()
+    assert cost.best == "segments" and cost.bracketing == "fwd(S2) · rev(S1)"
+    assert MARGIN * cost.seconds["segments"] < cost.seconds["chain"]
+    J = jacsens.input_jacobian(m, X)
+    Jr = jax.jit(jax.vmap(jax.jacrev(m)))(X)
+    assert J.dtype == jnp.dtype(dtype) and rel_err(J, Jr) <= TOL[jnp.dtype(dtype)]
+    # without the program view (today's chain analysis) the choice was chain
+    plain = Auto().select(dataclasses.replace(plan, program=None), 8, itemsize, plan.device)
+    assert plain == Chain()
+    # small MLPs: every estimated saving of the segment plan is within the dispatch
+    # overhead, and auto makes the choice it makes from the layer chain alone
+    rng = random.Random(0)
+    for _ in range(8):
+        dims = [rng.choice([1, 2, 3, 8, 16, 32, 64]) for _ in range(rng.randint(2, 5))]
+        small = random_mlp(jax.random.key(0), dims[0], dims[1:-1], dims[-1], dtype=dtype)
+        B = rng.choice([1, 4, 32])
+        p = _plan.make_plan(small, jax.ShapeDtypeStruct((B, dims[0]), dtype), "auto")
+        assert p.program is not None
+        without = Auto().select(dataclasses.replace(p, program=None), B, itemsize, p.device)
+        assert p.mode == without, (dims, B)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_auto_on_a_model_without_a_useful_cut_is_rev(dtype):
+    from jacsens import _plan
+
+    model, in_shape = _make("cnn", dtype)
+    X = jax.random.normal(jax.random.key(2), (4, *in_shape), dtype)
+    plan = _plan.make_plan(model, X, "auto")
+    assert plan.chain is None and len(plan.program.segments) == 1
+    assert plan.mode.name == "rev"
+    J = jacsens.input_jacobian(model, X)
+    Jr = jax.jit(jax.vmap(jax.jacrev(model)))(X)
+    assert J.dtype == jnp.dtype(dtype) and rel_err(J, Jr) <= TOL[jnp.dtype(dtype)]
