@@ -24,6 +24,7 @@ def test_notebooks_are_present_and_stripped():
         "02_diabetes_sensitivity",
         "03_digits_saliency",
         "04_forward_vs_reverse",
+        "05_classification_ensembles",
     ]
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
