@@ -41,13 +41,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._atomic import atomic_write, to_json_compatible
+from ._ensemble import Ensemble
 from ._models import ACTIVATIONS, MLP, activation_callable, identify_activation
 
 MAGIC = b"JACSENS-MODEL\n"
 FORMAT_VERSION = 2
 _MAX_HEADER_BYTES = 1 << 20
 _CHECKSUM_LINE = re.compile(rb"sha256 ([0-9a-f]{64})\n")
-_CLASSES = ("jacsens.MLP", "equinox.nn.MLP")
+_CLASSES = ("jacsens.MLP", "equinox.nn.MLP", "jacsens.Ensemble")
 
 PathLike = str | os.PathLike
 
@@ -93,6 +94,16 @@ def describe_model(model: Any) -> tuple[str, dict[str, Any]]:
     """
     if type(model) is MLP:
         return "jacsens.MLP", model.hyperparameters()
+    if type(model) is Ensemble:
+        # an ensemble of MLPs: its members' constructor arguments and the member count
+        member_cls, member = describe_model(model.member(0))
+        return "jacsens.Ensemble", {
+            "size": model.size,
+            "member_class": member_cls,
+            "member": member,
+            "in_size": member["in_size"],
+            "out_size": member["out_size"],
+        }
     if type(model) is eqx.nn.MLP:
         return "equinox.nn.MLP", {
             "in_size": model.in_size,
@@ -119,6 +130,12 @@ def _skeleton(cls: str, hp: dict[str, Any]) -> Any:
 def build_model(cls: str, hp: dict[str, Any], key: Any) -> Any:
     """A freshly initialised model (from `key`) of the class tag and hyperparameters that
     `describe_model` gives."""
+    if cls == "jacsens.Ensemble":
+        expected = {"size", "member_class", "member", "in_size", "out_size"}
+        if set(hp) != expected or hp["member_class"] not in _CLASSES[:2]:
+            raise ValueError(f"expected the fields {sorted(expected)} of MLP members, got {hp}")
+        member_cls, member = hp["member_class"], hp["member"]
+        return Ensemble.init(lambda k: build_model(member_cls, member, k), hp["size"], key=key)
     if cls == "jacsens.MLP":
         expected = {
             "in_size",

@@ -80,6 +80,45 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _columns(name: str):
+    def parse(text: str) -> tuple[str, ...]:
+        cols = tuple(c.strip() for c in text.split(","))
+        if not cols or any(not c for c in cols):
+            raise argparse.ArgumentTypeError(
+                f"{name} must be comma-separated column names such as a,b, got {text!r}"
+            )
+        return cols
+
+    return parse
+
+
+def _ensemble_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"--ensemble must be 'auto' or a positive integer, got {text!r}"
+        )
+    return value
+
+
+def _non_negative(name: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not value >= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be a number >= 0, got {text!r}")
+        return value
+
+    return parse
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -105,7 +144,53 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--data", metavar="FILE.csv", help="CSV file with a header row (default: diabetes)"
         )
-        p.add_argument("--target", metavar="COLUMN", help="target column of --data")
+        p.add_argument(
+            "--target",
+            type=_columns("--target"),
+            metavar="COLUMN[,COLUMN...]",
+            help="target column of --data; several (a,b) fit one multi-output model",
+        )
+        p.add_argument(
+            "--features",
+            type=_columns("--features"),
+            metavar="A,B,...",
+            help="input columns of --data (default: every column but the targets)",
+        )
+        p.add_argument(
+            "--drop",
+            type=_columns("--drop"),
+            metavar="A,B,...",
+            help="columns of --data to leave out of the inputs",
+        )
+        p.add_argument(
+            "--task",
+            choices=("auto", "regression", "classification"),
+            default="auto",
+            help="auto (default): classification when the target holds text, booleans or "
+            "whole numbers with at most 10 levels (fewer than half the rows), else regression",
+        )
+        p.add_argument(
+            "--ensemble",
+            type=_ensemble_arg,
+            default="auto",
+            metavar="K|auto",
+            help="train K models at once (one vmap) and report the spread between them; auto "
+            f"(default): {AUTO_ENSEMBLE} when five fits cost at most {AUTO_ENSEMBLE_FLOP:.0e} "
+            "training FLOPs (about 6 x parameters x rows x epochs each), else 1",
+        )
+        p.add_argument(
+            "--weight-decay",
+            type=_non_negative("--weight-decay"),
+            default=0.0,
+            help="decoupled weight decay (AdamW); 0 (default): plain Adam",
+        )
+        p.add_argument(
+            "--early-stopping",
+            type=_positive_int("--early-stopping"),
+            metavar="EPOCHS",
+            help="hold out 15%% of the training rows and stop when their loss has not improved "
+            "for EPOCHS epochs, keeping the best model (default: train all --epochs)",
+        )
         p.add_argument(
             "--hidden",
             type=_hidden,
@@ -246,7 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------- data
 
-REPORT_FILES = frozenset({MODEL_FILE, "sensitivity.csv", "sensitivity.png", "summary.json"})
+REPORT_FILES = frozenset(
+    {MODEL_FILE, "sensitivity.csv", "sensitivity.png", "sensitivity_by_output.png", "summary.json"}
+)
+AUTO_ENSEMBLE = 5
+AUTO_ENSEMBLE_FLOP = 5e10
+VAL_FRACTION = 0.15
 
 
 def _fit_record_beside(model_path: str, args) -> FitRecord | None:
@@ -273,10 +363,16 @@ def _standardised(raw: Dataset, standardise: Any) -> Dataset:
     (or not, for `standardise=False`), in float32 like the models `fit` makes."""
     from . import datasets
 
+    targets = list(raw.target_names) if len(raw.target_names) > 1 else raw.target_name
     try:
-        return datasets.from_frame(raw.to_frame(), raw.target_name, standardise=standardise)
+        data = datasets.from_frame(raw.to_frame(), targets, standardise=standardise, task=raw.task)
     except ValueError as e:
         raise CLIError(str(e).replace("pass `standardise=False`", "pass --raw")) from None
+    if raw.class_names:  # the codes are the same; keep the classes' own names
+        import dataclasses
+
+        data = dataclasses.replace(data, class_names=raw.class_names)
+    return data
 
 
 def _load_data(args, record: FitRecord | None = None) -> tuple[Dataset, str, bool]:
@@ -289,8 +385,11 @@ def _load_data(args, record: FitRecord | None = None) -> tuple[Dataset, str, boo
     from . import datasets
 
     if args.data is None:
-        if args.target is not None:
-            raise CLIError("--target needs --data FILE.csv")
+        for flag in ("target", "features", "drop"):
+            if getattr(args, flag, None) is not None:
+                raise CLIError(f"--{flag} needs --data FILE.csv")
+        if getattr(args, "task", "auto") == "classification":
+            raise CLIError("--task classification needs --data FILE.csv (diabetes is regression)")
         try:
             data = datasets.diabetes()
         except ImportError as e:
@@ -304,8 +403,20 @@ def _load_data(args, record: FitRecord | None = None) -> tuple[Dataset, str, boo
     if not os.path.isfile(args.data):
         raise CLIError(f"data file {args.data!r} does not exist")
     source = os.path.abspath(args.data)
+    targets = list(args.target)
+    features = _feature_columns(args, targets)
+    task = getattr(args, "task", "auto")
+    if record is not None and "task" in record.training:
+        task = record.training["task"]  # the task the model was fitted for
     try:
-        raw = datasets.from_csv(args.data, args.target, standardise=False, dtype=np.float64)
+        raw = datasets.from_csv(
+            args.data,
+            targets if len(targets) > 1 else targets[0],
+            features=features,
+            standardise=False,
+            dtype=np.float64,
+            task=task,
+        )
     except ValueError as e:
         raise CLIError(str(e)) from None
     # Too few rows is said first: with one row every column is "constant" too.
@@ -314,12 +425,45 @@ def _load_data(args, record: FitRecord | None = None) -> tuple[Dataset, str, boo
     elif len(raw) < 2:
         raise CLIError(f"{source} has {len(raw)} data row; an R² needs at least 2")
     reused = (
-        record is not None and record.target == args.target and raw.feature_names == record.features
+        record is not None
+        and record.target == raw.target_name
+        and raw.feature_names == record.features
     )
     if reused:
         st = record.standardisation  # type: ignore[union-attr]
         return _standardised(raw, False if st is None else st), source, True
     return _standardised(raw, not args.raw), source, False
+
+
+def _feature_columns(args, targets: list[str]) -> list[str] | None:
+    """The input columns `--features`/`--drop` choose (None: every non-target column)."""
+    features, drop = getattr(args, "features", None), getattr(args, "drop", None)
+    if features is None and drop is None:
+        return None
+    if features is not None and drop is not None:
+        raise CLIError("give --features or --drop, not both")
+    import pandas as pd
+
+    try:
+        columns = [str(c) for c in pd.read_csv(args.data, nrows=0).columns]
+    except (ValueError, OSError) as e:
+        raise CLIError(f"cannot read the header of {args.data!r}: {e}") from None
+    chosen = list(features) if features is not None else list(drop)  # type: ignore[arg-type]
+    flag = "--features" if features is not None else "--drop"
+    missing = [c for c in chosen if c not in columns]
+    if missing:
+        raise CLIError(
+            f"{flag} column(s) {missing} are not in {args.data!r}; its columns: {columns}"
+        )
+    both = [c for c in chosen if c in targets]
+    if features is not None and both:
+        raise CLIError(f"--features {both} are also --target columns")
+    if features is not None:
+        return chosen
+    kept = [c for c in columns if c not in targets and c not in chosen]
+    if not kept:
+        raise CLIError(f"--drop leaves no input columns in {args.data!r}")
+    return kept
 
 
 def _import_callable(spec: str) -> Any:
@@ -367,9 +511,14 @@ def _import_callable(spec: str) -> Any:
     return obj
 
 
-def _load_model(path: str, skeleton: str | None = None, *, command: str = "analyze"):
+def _load_model(
+    path: str,
+    skeleton: str | None = None,
+    *,
+    command: str = "analyze",
+):
     """The model in `path`; one of any class but an MLP needs `skeleton` (`--skeleton`),
-    which only explain/check/bench take."""
+    which only explain/check/bench take (an ensemble of MLPs is rebuilt like an MLP)."""
     import jacsens
 
     from ._io import read_header
@@ -413,6 +562,18 @@ def _seed_model():
 def _model_json(model) -> dict[str, Any]:
     cls, hp = describe_model(model)
     return {"class": cls, **hp}
+
+
+def _model_text(spec: dict[str, Any]) -> str:
+    """`MLP 10-32-32-1 (tanh)`, `5 x MLP ...` for an ensemble, else the class name."""
+    if spec.get("class") == "jacsens.Ensemble":
+        member = {"class": spec["member_class"], **spec["member"]}
+        return f"{spec['size']} x {_model_text(member)} (ensemble)"
+    if "widths" in spec:
+        n_out = 1 if spec["out_size"] == "scalar" else spec["out_size"]
+        sizes = [spec["in_size"], *spec["widths"], n_out]
+        return f"MLP {'-'.join(map(str, sizes))} ({spec['activation']})"
+    return str(spec.get("class"))
 
 
 def _in_shape(model) -> tuple[int, ...]:
@@ -460,21 +621,28 @@ def _model_and_input(args) -> tuple[Any, tuple[int, ...], np.dtype]:
 
 
 def _check_model_input(model, data: Dataset, source: str) -> None:
-    """The model maps one row of the data to one number (checked on shapes, nothing runs)."""
+    """The model maps one row of the data to the target(s): one number (regression, one
+    target), one per target, or one logit per class (checked on shapes, nothing runs)."""
     import jax
 
     from ._plan import make_plan
 
     X = jax.ShapeDtypeStruct(data.X.shape, data.X.dtype)
+    one = model.member(0) if _is_ensemble(model) else model
     try:
-        plan = make_plan(model, X, None, argname="--data")
+        plan = make_plan(one, X, None, argname="--data")
     except (TypeError, ValueError) as e:
         raise CLIError(f"the model does not fit the data ({source}): {e}") from None
-    if plan.out_shape not in ((), (1,)):
-        raise CLIError(
-            f"the model has outputs of shape {plan.out_shape}; analyze needs a model with one "
-            "output (the target)"
-        )
+    if data.task == "classification":
+        n = len(data.class_names)
+        ok = ((n,),) + (((), (1,)) if n == 2 else ())
+        need = f"{n} outputs (one logit per class of {data.target_name!r})"
+    else:
+        n = len(data.target_names)
+        ok = ((), (1,)) if n == 1 else ((n,),)
+        need = "one output (the target)" if n == 1 else f"{n} outputs (one per target)"
+    if plan.out_shape not in ok:
+        raise CLIError(f"the model has outputs of shape {plan.out_shape}; analyze needs {need}")
 
 
 # --------------------------------------------------------------------------- fitting
@@ -501,11 +669,133 @@ def _r2(y: np.ndarray, pred: np.ndarray) -> float:
     return 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
 
 
-def _predictor(model):
+def _is_ensemble(model) -> bool:
+    from ._ensemble import Ensemble
+
+    return isinstance(model, Ensemble)
+
+
+def _probability_model(model):
+    """Class probabilities of a classifier (for an ensemble, of each member: the ensemble
+    then averages the members' probabilities, not their logits)."""
+    import jacsens
+
+    if _is_ensemble(model):
+        return jacsens.Ensemble(jacsens.Probabilities(model.members), model.size)
+    return jacsens.Probabilities(model)
+
+
+def _scores(model, data: Dataset, X, y, prefix: str) -> dict[str, Any]:
+    """The metrics of `model` on `(X, y)`: R² (per target and their mean) for regression;
+    accuracy, log-loss, per-class recall and the chance accuracy (the largest class's share)
+    for classification. Keys start with `prefix` (`"test_"`, `"train_"`, ...)."""
     import jax
 
-    predict = jax.jit(lambda X: jax.vmap(model)(X).reshape(X.shape[0]))
-    return lambda X, y: _r2(np.asarray(y, np.float64), np.asarray(predict(X), np.float64))
+    y = np.asarray(y)
+    if data.task == "classification":
+        p = np.asarray(jax.jit(jax.vmap(_probability_model(model)))(X), np.float64)
+        pred = np.argmax(p, axis=1)
+        labels = y.astype(np.int64)
+        recall = {}
+        for k, name in enumerate(data.class_names):
+            rows = labels == k
+            recall[name] = float(np.mean(pred[rows] == k)) if rows.any() else float("nan")
+        counts = np.bincount(labels, minlength=len(data.class_names))
+        return {
+            f"{prefix}accuracy": float(np.mean(pred == labels)),
+            f"{prefix}log_loss": float(
+                -np.mean(np.log(np.clip(p[np.arange(len(y)), labels], 1e-15, 1)))
+            ),
+            f"{prefix}recall": recall,
+            f"{prefix}chance_accuracy": float(counts.max() / counts.sum()),
+        }
+    pred = np.asarray(jax.jit(jax.vmap(model))(X), np.float64).reshape(len(y), -1)
+    yy = y.astype(np.float64).reshape(len(y), -1)
+    r2 = [_r2(yy[:, t], pred[:, t]) for t in range(yy.shape[1])]
+    out: dict[str, Any] = {f"{prefix}r2": float(np.mean(r2))}
+    if len(r2) > 1:
+        out[f"{prefix}r2_per_target"] = dict(zip(data.target_names, r2, strict=True))
+    return out
+
+
+def _score_line(data: Dataset, metrics: dict[str, Any], where: str) -> str:
+    """`Test R² = 0.512 (train 0.601)` or `Test accuracy = 0.944 (train 0.993, chance 0.40)
+    ...` for the metrics of `where` (`"test"` or `"all rows"`)."""
+    key = "test_" if where == "test" else "all_"
+    label = "Test" if where == "test" else "On all rows (model fitted elsewhere):"
+    if data.task == "regression" and where != "test":  # the wording earlier reports used
+        line = f"R² on all rows (model fitted elsewhere) = {metrics['all_r2']:.3f}"
+        if "all_r2_per_target" in metrics:
+            per = ", ".join(f"{k} {v:.3f}" for k, v in metrics["all_r2_per_target"].items())
+            line += f"; per target: {per}"
+        return line
+    if data.task == "classification":
+        line = f"{label} accuracy = {metrics[key + 'accuracy']:.3f}"
+        extra = [f"chance {metrics[key + 'chance_accuracy']:.3f}"]
+        if where == "test":
+            extra.insert(0, f"train {metrics['train_accuracy']:.3f}")
+        line += f" ({', '.join(extra)}), log-loss {metrics[key + 'log_loss']:.3f}"
+        recall = ", ".join(f"{k} {v:.2f}" for k, v in metrics[key + "recall"].items())
+        return line + f"\n  recall per class: {recall}"
+    line = f"{label} R² = {metrics[key + 'r2']:.3f}"
+    if where == "test":
+        line += f" (train {metrics['train_r2']:.3f})"
+    if key + "r2_per_target" in metrics:
+        per = ", ".join(f"{k} {v:.3f}" for k, v in metrics[key + "r2_per_target"].items())
+        line += f"; per target: {per}"
+    return line
+
+
+def _fit_warnings(data: Dataset, metrics: dict[str, Any]) -> list[str]:
+    """Warnings about a model whose sensitivities deserve little trust: poor test
+    performance (R² < 0.1; accuracy within 0.05 of always answering the largest class) or
+    a train score far above the test score (R² or accuracy more than 0.2 / 0.15 higher)."""
+    out = []
+    if data.task == "classification":
+        if "test_accuracy" not in metrics:
+            return out
+        acc, chance = metrics["test_accuracy"], metrics["test_chance_accuracy"]
+        if acc <= chance + 0.05:
+            out.append(
+                f"poor test performance: accuracy {acc:.3f} is near chance ({chance:.3f}, "
+                "always the largest class); the sensitivities describe a model that has not "
+                "learned the task"
+            )
+        if metrics["train_accuracy"] - acc > 0.15 and metrics["train_accuracy"] > chance + 0.05:
+            out.append(
+                f"overfitting: train accuracy {metrics['train_accuracy']:.3f} >> test {acc:.3f}"
+                " (try --early-stopping, --weight-decay, a smaller --hidden or fewer --epochs)"
+            )
+        return out
+    if "test_r2" not in metrics:
+        return out
+    r2 = metrics["test_r2"]
+    if not r2 >= 0.1:
+        out.append(
+            f"poor test performance: test R² = {r2:.3f} < 0.1; the sensitivities describe a "
+            "model that does not predict the target"
+        )
+    if metrics["train_r2"] - r2 > 0.2 and metrics["train_r2"] >= 0.1:
+        out.append(
+            f"overfitting: train R² {metrics['train_r2']:.3f} >> test R² {r2:.3f} (try "
+            "--early-stopping, --weight-decay, a smaller --hidden or fewer --epochs)"
+        )
+    return out
+
+
+def _ensemble_size(args, n_params: int, n_rows: int) -> tuple[int, str]:
+    """`--ensemble` (K, and why): `auto` is AUTO_ENSEMBLE members when five fits cost at
+    most AUTO_ENSEMBLE_FLOP training FLOPs (6 FLOPs per parameter per row per epoch:
+    forward and backward), else 1."""
+    if args.ensemble != "auto":
+        return int(args.ensemble), "--ensemble"
+    flops = 6.0 * n_params * n_rows * args.epochs * AUTO_ENSEMBLE
+    if flops <= AUTO_ENSEMBLE_FLOP:
+        return AUTO_ENSEMBLE, f"auto: {flops:.1e} training FLOPs for {AUTO_ENSEMBLE} members"
+    return (
+        1,
+        f"auto: {AUTO_ENSEMBLE} members would cost {flops:.1e} FLOPs > {AUTO_ENSEMBLE_FLOP:.0e}",
+    )
 
 
 def _check_split_rows(n: int, test_fraction: float, source: str) -> None:
@@ -538,67 +828,115 @@ def _split(data: Dataset, seed: int, test_fraction: float, source: str):
 
 
 def _fit(args, data: Dataset, source: str, timings: dict[str, float]) -> _Outcome:
-    """Fit an MLP on the train part of the split of `--seed` and `--test-fraction`."""
+    """Fit an MLP (or an ensemble of them) on the train part of the split of `--seed` and
+    `--test-fraction`: mean squared error for regression, softmax cross-entropy for
+    classification; with `--early-stopping` on a validation part of the training rows."""
+    import equinox as eqx
     import jax
     import optax
 
     import jacsens
 
+    from . import datasets
+
     if not args.lr > 0:
         raise CLIError(f"--lr must be positive, got {args.lr}")
     (X_tr, y_tr), (X_te, y_te) = _split(data, args.seed, args.test_fraction, source)
-    _, k_init, k_fit = jax.random.split(jax.random.key(args.seed), 3)
+    k_split, k_init, k_fit = jax.random.split(jax.random.key(args.seed), 3)
+    classification = data.task == "classification"
+    n_targets = len(data.target_names)
+    out_size: int | str = (
+        len(data.class_names) if classification else ("scalar" if n_targets == 1 else n_targets)
+    )
     # In the data's dtype (float32), whatever JAX's default float is (x64 or not).
     model = jacsens.MLP(
-        data.n_features, args.hidden, "scalar", args.activation, key=k_init, dtype=data.X.dtype
+        data.n_features, args.hidden, out_size, args.activation, key=k_init, dtype=data.X.dtype
+    )
+    X_fit, y_fit, validation = X_tr, y_tr, (X_te, y_te)
+    if args.early_stopping:
+        if len(y_tr) < 4:
+            raise CLIError(f"--early-stopping needs at least 4 training rows, got {len(y_tr)}")
+        (X_fit, y_fit), validation = datasets.train_test_split(
+            (X_tr, y_tr), VAL_FRACTION, key=jax.random.fold_in(k_split, 1)
+        )
+    n_params = sum(a.size for a in jax.tree.leaves(eqx.filter(model, eqx.is_array)))
+    K, why = _ensemble_size(args, n_params, len(y_fit))
+    sizes = [data.n_features, *args.hidden, 1 if out_size == "scalar" else out_size]
+    what = f"MLP {'-'.join(map(str, sizes))} ({args.activation})"
+    kind = (
+        f"classification, {len(data.class_names)} classes, cross-entropy"
+        if classification
+        else "regression, mean squared error"
     )
     _say(
         args,
-        f"Fitting MLP {data.n_features}-{'-'.join(map(str, args.hidden))}-1 "
-        f"({args.activation}) on {len(y_tr)} rows, {args.epochs} epochs...",
+        f"Fitting {what if K == 1 else f'{K} x {what} (an ensemble, {why})'} on {len(y_fit)} "
+        f"rows, {args.epochs} epochs ({kind})...",
+    )
+    optimizer = (
+        optax.adamw(args.lr, weight_decay=args.weight_decay)
+        if args.weight_decay > 0
+        else optax.adam(args.lr)
     )
     t0 = time.perf_counter()
     model, history = jacsens.fit(
         model,
-        X_tr,
-        y_tr,
-        optimizer=optax.adam(args.lr),
+        X_fit,
+        y_fit,
+        loss="cross_entropy" if classification else "mse",
+        optimizer=optimizer,
         epochs=args.epochs,
         batch_size=args.batch_size,
         key=k_fit,
-        validation=(X_te, y_te),
+        validation=validation,
+        early_stopping=args.early_stopping,
+        ensemble=K if K > 1 else None,
         progress=False if args.quiet else "auto",
     )
     timings["fit_s"] = time.perf_counter() - t0
     if not np.isfinite(history.train_loss[-1]):
         raise CLIError(f"training diverged (loss {history.train_loss[-1]}); lower --lr")
     t0 = time.perf_counter()
-    r2 = _predictor(model)
     metrics = {
-        "train_r2": r2(X_tr, y_tr),
-        "test_r2": r2(X_te, y_te),
+        **_scores(model, data, X_tr, y_tr, "train_"),
+        **_scores(model, data, X_te, y_te, "test_"),
         "evaluated_on": "held-out test rows of this fit",
     }
     timings["evaluate_s"] = time.perf_counter() - t0
+    training = {
+        "fitted": True,
+        "task": data.task,
+        "classes": list(data.class_names),
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "epochs_run": history.epochs,
+        "batch_size": args.batch_size,
+        "learning_rate": args.lr,
+        "weight_decay": args.weight_decay,
+        "ensemble": K,
+        "ensemble_rule": why,
+        "early_stopping": args.early_stopping,
+        "best_epoch": history.best_epoch,
+        "final_train_loss": history.train_loss[-1],
+        "final_validation_loss" if args.early_stopping else "final_test_loss": history.val_loss[-1],
+        "n_train": len(y_tr),
+        "n_fit": len(y_fit),
+        "n_test": len(y_te),
+    }
     record = _record(
         data,
         source,
         model,
         split=Split(args.seed, args.test_fraction, len(data), MODEL_FILE),
-        training={
-            "fitted": True,
-            "seed": args.seed,
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "learning_rate": args.lr,
-            "final_train_loss": history.train_loss[-1],
-            "final_test_loss": history.val_loss[-1],
-            "n_train": len(y_tr),
-            "n_test": len(y_te),
-        },
+        training=training,
         metrics=metrics,
     )
-    line = f"Test R² = {metrics['test_r2']:.3f} (train {metrics['train_r2']:.3f})"
+    line = _score_line(data, metrics, "test")
+    if args.early_stopping:
+        line += (
+            f"\n(early stopping: {history.epochs} of {args.epochs} epochs, best validation "
+            f"loss at epoch {history.best_epoch + 1})"
+        )
     return _Outcome(model, record, line)
 
 
@@ -609,30 +947,36 @@ def _load_and_score(
     beside it) is of these very rows, otherwise on all rows, labelled so."""
     model = _load_model(args.model)
     _check_model_input(model, data, source)
-    training: dict[str, Any] = {"fitted": False, "model_file": os.path.abspath(args.model)}
+    training: dict[str, Any] = {
+        "fitted": False,
+        "model_file": os.path.abspath(args.model),
+        "task": data.task,
+        "classes": list(data.class_names),
+        "ensemble": model.size if _is_ensemble(model) else 1,
+    }
     if reused:
         training["fit_summary"] = os.path.join(
             os.path.dirname(training["model_file"]), "summary.json"
         )
-    r2 = _predictor(model)
     split = None
     if reused and fitted is not None and fitted.source == source and fitted.n_rows == len(data):
         split = fitted.split
         (X_tr, y_tr), (X_te, y_te) = _split(data, split.seed, split.test_fraction, source)
         training.update(n_train=len(y_tr), n_test=len(y_te))
         metrics = {
-            "train_r2": r2(X_tr, y_tr),
-            "test_r2": r2(X_te, y_te),
+            **_scores(model, data, X_tr, y_tr, "train_"),
+            **_scores(model, data, X_te, y_te, "test_"),
             "evaluated_on": "the train/test split the model was fitted on (from its summary.json)",
         }
-        line = f"Test R² = {metrics['test_r2']:.3f} (train {metrics['train_r2']:.3f})"
-        line += "; on the split the model was fitted on"
+        line = _score_line(data, metrics, "test") + "; on the split the model was fitted on"
     else:
         metrics = {
-            "r2_all_rows": r2(data.X, data.y),
+            **_scores(model, data, data.X, data.y, "all_"),
             "evaluated_on": "all rows (model fitted elsewhere: its training rows are unknown)",
         }
-        line = f"R² on all rows (model fitted elsewhere) = {metrics['r2_all_rows']:.3f}"
+        if data.task == "regression":  # the name earlier reports used
+            metrics["r2_all_rows"] = metrics["all_r2"]
+        line = _score_line(data, metrics, "all rows")
     if reused:
         line += f"\n(standardisation as saved with the model, in {training['fit_summary']})"
     record = _record(data, source, model, split=split, training=training, metrics=metrics)
@@ -695,24 +1039,129 @@ def _write_folder(args, out: str, write) -> None:
         raise CLIError(str(e)) from None
 
 
-def _ranked_table(result, by: str = "mean_abs") -> str:
-    frame = result.to_frame()
-    frame = frame[frame["output"] == result.output_names[0]]
-    frame = frame.sort_values(by, ascending=False, kind="stable")
-    width = max(8, *(len(f) for f in frame["feature"]))
-    lines = [
-        f"{'rank':>4}  {'feature':<{width}}  {'mean|dy/dx|':>12} {'± se':>8}  "
-        f"{'mean dy/dx':>11}  {'DGSM':>9}  {'max|dy/dx|':>10}"
-    ]
-    for rank, row in enumerate(frame.itertuples(index=False), 1):
-        lines.append(
-            f"{rank:>4}  {row.feature:<{width}}  {row.mean_abs:>12.4f} {row.mean_abs_se:>8.4f}  "
-            f"{row.mean:>+11.4f}  {row.dgsm:>9.4f}  {row.max_abs:>10.4f}"
-        )
+def _ranked_table(result, output: int | str | None = None, top: int | None = None) -> str:
+    """The ranking by mean |dy/dx| of one output (or the RMS over outputs, `None`), with its
+    standard error; for an ensemble the spread between members and the rank stability."""
+    names = result.ranking(output)
+    idx = [result.feature_names.index(n) for n in names][: top or len(names)]
+    v, se = result.values("mean_abs", output), result.se("mean_abs", output)
+    dgsm, mx = result.values("dgsm", output), result.values("max_abs", output)
+    signed = output is not None or result.n_out == 1
+    mean = result.values("mean", output) if signed else None
+    ens = _is_ensemble_result(result)
+    width = max(8, *(len(result.feature_names[i]) for i in idx))
+    head = f"{'rank':>4}  {'feature':<{width}}  {'mean|dy/dx|':>12} {'± se':>8}"
+    if ens:
+        spread, share = result.between_sd("mean_abs", output), result.rank_stability(5, output)
+        head += f"  {'spread':>8} {'top-5':>6}"
+    if signed:
+        head += f"  {'mean dy/dx':>11}"
+    head += f"  {'DGSM':>9}  {'max|dy/dx|':>10}"
+    lines = [head]
+    for rank, i in enumerate(idx, 1):
+        row = f"{rank:>4}  {result.feature_names[i]:<{width}}  {v[i]:>12.4f} {se[i]:>8.4f}"
+        if ens:
+            row += f"  {spread[i]:>8.4f} {share[i]:>6.0%}"
+        if signed:
+            row += f"  {mean[i]:>+11.4f}"  # type: ignore[index]
+        row += f"  {dgsm[i]:>9.4f}  {mx[i]:>10.4f}"
+        lines.append(row)
+    if top and top < len(names):
+        lines.append(f"      ... {len(names) - top} more features in sensitivity.csv")
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- commands
+def _is_ensemble_result(result) -> bool:
+    from ._sensitivity._ensemble import EnsembleSensitivity
+
+    return isinstance(result, EnsembleSensitivity)
+
+
+def _sensitivity_summary(result, near_constant, units: str, scale: str) -> dict[str, Any]:
+    """The `sensitivity` section of summary.json: rankings of every output and of their
+    aggregate, and for an ensemble the rank stability."""
+    out: dict[str, Any] = {
+        "n": result.n,
+        "mode": result.mode,
+        "units": units,
+        "scale": scale,
+        "outputs": list(result.output_names),
+        "aggregate": result.output_label(None),
+        "near_constant_features": list(near_constant),
+        "ranking_by_mean_abs": result.ranking(None, by="mean_abs"),
+        "ranking_by_dgsm": result.ranking(None, by="dgsm"),
+    }
+    if result.n_out > 1:
+        out["ranking_by_mean_abs_per_output"] = {
+            name: result.ranking(name, by="mean_abs") for name in result.output_names
+        }
+    if _is_ensemble_result(result):
+        share = result.rank_stability(5, None)
+        out["ensemble"] = {
+            "size": result.size,
+            "top5_share": dict(zip(result.feature_names, share.tolist(), strict=True)),
+            "top_feature_agreement": result.top_agreement(),
+            "se": "sqrt(between-member sd² + within-data se²)",
+        }
+    return out
+
+
+def _report_png(result, outcome: _Outcome, units: str, warnings: list[str], folder: str, files):
+    """sensitivity.png (the ranking of the output or the aggregate over outputs) and, for
+    several outputs, sensitivity_by_output.png (one panel per output, top 10)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import plot
+
+    # The figure says what it shows: model, its score on which rows, the data.
+    rec = outcome.record
+    m = rec.metrics
+    if "test_accuracy" in m:
+        score = f"test accuracy = {m['test_accuracy']:.3f} (chance {m['test_chance_accuracy']:.2f})"
+        score += f" on {rec.training['n_test']} held-out rows"
+    elif "test_r2" in m:
+        score = f"test R² = {m['test_r2']:.3f} on {rec.training['n_test']} held-out rows"
+    elif "all_accuracy" in m:
+        score = f"accuracy = {m['all_accuracy']:.3f} on all rows (fitted elsewhere)"
+    else:
+        score = f"R² = {m['all_r2']:.3f} on all rows (fitted elsewhere)"
+    data_line = f"data: {os.path.basename(rec.source)}, {rec.n_rows} rows"
+    sub = f"{_model_text(rec.model)}, {score}\n{data_line}"
+    if result.n_out > 1 and rec.training.get("task") == "classification":
+        sub += "; sensitivity of each class probability"
+    for w in warnings:
+        sub += f"\nWARNING: {w.split(';')[0].split(' (')[0]}"
+    fig = result.plot(kind="bar", top=20, subtitle=sub, units=units)
+    fig.savefig(os.path.join(folder, files["png"]), dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    if result.n_out > 1:
+        shown = list(result.output_names)[:12]
+        cols = min(3, len(shown))
+        rows = -(-len(shown) // cols)
+        top = min(10, result.n_in)
+        fig, axes = plt.subplots(
+            rows, cols, figsize=(5.2 * cols, (1.6 + 0.3 * top) * rows), squeeze=False
+        )
+        for ax, name in zip(axes.flat, shown, strict=False):
+            plot.sensitivity_bar(
+                result,
+                output=name,
+                top=top,
+                ax=ax,
+                sign=not _is_ensemble_result(result),
+                units=units,
+            )
+        for ax in list(axes.flat)[len(shown) :]:
+            ax.axis("off")
+        more = "" if len(shown) == result.n_out else f" (first 12 of {result.n_out})"
+        fig.suptitle(f"Sensitivity of each output{more}: {_model_text(rec.model)}", fontsize=11)
+        fig.tight_layout()
+        fig.savefig(os.path.join(folder, "sensitivity_by_output.png"), dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        files["png_by_output"] = "sensitivity_by_output.png"
 
 
 def cmd_analyze(args) -> int:
@@ -731,29 +1180,64 @@ def cmd_analyze(args) -> int:
     else:
         outcome = _fit(args, data, source, timings)
     _say(args, outcome.line)
+    warnings = _fit_warnings(data, outcome.record.metrics)
+    for w in warnings:
+        _say(args, f"Warning: {w}")
 
     t0 = time.perf_counter()
+    classification = data.task == "classification"
+    target = _probability_model(outcome.model) if classification else outcome.model
     result = jacsens.sensitivity(
-        outcome.model,
+        target,
         data.X,
         chunk_size=args.chunk_size,
         feature_names=data.feature_names,
-        output_names=(data.target_name,),
+        output_names=data.class_names if classification else data.target_names,
         progress=False if args.quiet else "auto",
     )
     timings["sensitivity_s"] = time.perf_counter() - t0
     from ._sensitivity._result import report_scaling
 
     scale = args.scale or ("none" if data.standardisation is None else "std")
-    in_scale, out_scale, units = report_scaling(data.X, scale, data.x_std, data.y_std)
+    y_std = np.ones(result.n_out) if classification else data.y_std
+    in_scale, out_scale, units = report_scaling(data.X, scale, data.x_std, y_std)
+    if classification:
+        units = units.replace("standard deviations of y", "probability")
+        units = units.replace("units of y", "probability")
     result = result.rescale(in_scale, out_scale)
     near_constant = result.near_constant(data.X)
+    what = repr(data.target_name)
+    if result.n_out > 1:
+        what = f"the targets {data.target_name!r}, {result.output_label(None)}"
+    if classification:
+        what = f"the class probabilities of {data.target_name!r}, {result.output_label(None)}"
+    ens = ""
+    if _is_ensemble_result(result):
+        ens = (
+            f"; ensemble of {result.size}: ± se includes the spread between members, top-5 = "
+            "share of members ranking the feature in their top 5"
+        )
     _say(
         args,
-        f"\nSensitivity of {data.target_name!r} to each feature over {result.n} rows ({units}):",
-        _ranked_table(result),
+        f"\nSensitivity of {what} to each feature over {result.n} rows ({units}{ens}):",
+        _ranked_table(result, None, top=40),
         "",
     )
+    if result.n_out > 1:
+        for name in result.output_names[:20]:
+            top = ", ".join(
+                f"{f} ({result.values('mean_abs', name)[result.feature_names.index(f)]:.3g})"
+                for f in result.ranking(name)[:5]
+            )
+            _say(args, f"  {'class' if classification else 'output'} {name}: {top}")
+        _say(args, "")
+    if _is_ensemble_result(result):
+        _say(
+            args,
+            f"Rank stability: the top feature {result.ranking()[0]!r} is the top feature of "
+            f"{result.top_agreement():.0%} of the {result.size} members.",
+            "",
+        )
     if near_constant:
         _say(
             args,
@@ -771,33 +1255,7 @@ def cmd_analyze(args) -> int:
         t0 = time.perf_counter()
         result.to_frame().to_csv(os.path.join(folder, files["csv"]), index=False)
         try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-
-            # The figure says what it shows: model, its score on which rows, the data.
-            rec = outcome.record
-            spec = rec.model
-            model_text = spec["class"]
-            if "widths" in spec:
-                n_out = 1 if spec["out_size"] == "scalar" else spec["out_size"]
-                sizes = [spec["in_size"], *spec["widths"], n_out]
-                model_text = f"MLP {'-'.join(map(str, sizes))} ({spec['activation']})"
-            if "test_r2" in rec.metrics:
-                score = f"test R² = {rec.metrics['test_r2']:.3f} on {rec.training['n_test']} "
-                score += "held-out rows"
-            else:
-                score = f"R² = {rec.metrics['r2_all_rows']:.3f} on all rows (fitted elsewhere)"
-            source = os.path.basename(rec.source)
-            fig = result.plot(
-                kind="bar",
-                top=20,
-                subtitle=f"{model_text}, {score}\ndata: {source}, {rec.n_rows} rows",
-                units=units,
-            )
-            fig.savefig(os.path.join(folder, files["png"]), dpi=120, bbox_inches="tight")
-            plt.close(fig)
+            _report_png(result, outcome, units, warnings, folder, files)
         except ImportError:
             files.pop("png")
             _say(
@@ -812,15 +1270,8 @@ def cmd_analyze(args) -> int:
             "jacsens_version": jacsens.__version__,
             "backend": jax.default_backend(),
             **outcome.record.to_json(),
-            "sensitivity": {
-                "n": result.n,
-                "mode": result.mode,
-                "units": units,
-                "scale": scale,
-                "near_constant_features": list(near_constant),
-                "ranking_by_mean_abs": result.ranking(0, by="mean_abs"),
-                "ranking_by_dgsm": result.ranking(0, by="dgsm"),
-            },
+            "warnings": warnings,
+            "sensitivity": _sensitivity_summary(result, near_constant, units, scale),
             "timings": timings,
             "files": files,
         }

@@ -41,7 +41,10 @@ def test_analyze_default_writes_report(tmp_path, capsys):
     ]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"]["n_rows"] == 442 and summary["training"]["n_test"] == 88
-    assert summary["model"]["widths"] == [32, 32] and summary["model"]["in_size"] == 10
+    # the default: an ensemble of 5 (cheap here), each member a 10-32-32-1 MLP
+    assert summary["model"]["class"] == "jacsens.Ensemble" and summary["model"]["size"] == 5
+    assert summary["model"]["member"]["widths"] == [32, 32] and summary["model"]["in_size"] == 10
+    assert summary["training"]["ensemble"] == 5 and "spread" in stdout and "top-5" in stdout
     assert np.isfinite(summary["metrics"]["test_r2"])
     assert sorted(summary["sensitivity"]["ranking_by_mean_abs"]) == sorted(
         jacsens.datasets.diabetes().feature_names
@@ -59,7 +62,7 @@ def test_analyze_default_writes_report(tmp_path, capsys):
     # The saved model reproduces the reported R² on the split of --seed 1 (the first of
     # three keys split from it), recomputed here in float64 from the bundled data.
     model = jacsens.load(out / "model.jsns")
-    assert isinstance(model, jacsens.MLP) and model.widths == (32, 32)
+    assert isinstance(model, jacsens.Ensemble) and model.member(0).widths == (32, 32)
     data = jacsens.datasets.diabetes()
     k_split = jax.random.split(jax.random.key(1), 3)[0]
     train, test = jacsens.datasets.train_test_split(data, 0.2, key=k_split)
@@ -127,7 +130,7 @@ def test_fit_csv_then_explain_and_check_the_model(linear_csv, tmp_path, capsys):
     data, _, _ = linear_csv
     out = tmp_path / "fitted"
     argv = ["fit", "--data", str(data), "--target", "y", "--hidden", "4", "--epochs", "2"]
-    assert cli.main([*argv, "--out", str(out)]) == 0
+    assert cli.main([*argv, "--ensemble", "1", "--out", str(out)]) == 0
     model = jacsens.load(out / "model.jsns")
     assert model.in_size == 3 and model.widths == (4,)
     summary = json.loads((out / "summary.json").read_text())

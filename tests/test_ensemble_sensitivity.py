@@ -57,8 +57,13 @@ def test_linear_members_give_their_weights_and_rank_stability_by_hand():
     ]
     assert frame["feature"].tolist() == ["a", "b", "c"]
     np.testing.assert_allclose(frame["top1_share"], [2 / 3, 1 / 3, 0.0])
-    tidy = r.to_frame()
+    tidy = r.members_frame()
     assert len(tidy) == 9 and sorted(set(tidy["member"])) == [0, 1, 2]
+    summary = r.to_frame().set_index("feature")
+    np.testing.assert_allclose(summary["mean_abs"], absW.mean(axis=0), rtol=1e-14)
+    np.testing.assert_allclose(summary["mean_abs_between_sd"], absW.std(axis=0, ddof=1), rtol=1e-12)
+    np.testing.assert_allclose(summary["mean_abs_se"], r.se("mean_abs"), rtol=1e-12)
+    np.testing.assert_allclose(summary["top5_share"], 1.0)  # three features: all in the top 5
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])

@@ -193,6 +193,30 @@ class EnsembleSensitivity(eqx.Module):
         return pd.DataFrame(data)
 
     def to_frame(self):
+        """One row per (output, feature): `output`, `feature`, the member means of `mean,
+        mean_abs, dgsm, std, max_abs`, their standard errors `<stat>_se` (`se`: between
+        members and within the data), `<stat>_between_sd`, `<stat>_within_se`, and
+        `top5_share` (rank stability of each output's ranking by `mean_abs`)."""
+        pd = _pandas()
+        n_in = self.n_in
+        data: dict[str, Any] = {
+            "output": np.repeat(np.asarray(self.output_names, dtype=object), n_in),
+            "feature": np.tile(np.asarray(self.feature_names, dtype=object), self.n_out),
+        }
+        for stat in _STATS:
+            data[stat] = np.concatenate([self.values(stat, o) for o in range(self.n_out)])
+            if stat != "max_abs":
+                data[f"{stat}_se"] = np.concatenate([self.se(stat, o) for o in range(self.n_out)])
+                data[f"{stat}_within_se"] = np.concatenate(
+                    [self.within_se(stat, o) for o in range(self.n_out)]
+                )
+            data[f"{stat}_between_sd"] = np.concatenate(
+                [self.between_sd(stat, o) for o in range(self.n_out)]
+            )
+        data["top5_share"] = np.concatenate([self.rank_stability(5, o) for o in range(self.n_out)])
+        return pd.DataFrame(data)
+
+    def members_frame(self):
         """One row per (member, output, feature): the members' `to_frame()` with a
         `member` column first."""
         pd = _pandas()
