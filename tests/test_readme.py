@@ -167,6 +167,41 @@ def _y_mean(out, shown, ns):
     np.testing.assert_allclose(table.y * std["y_std"] + std["y_mean"], raw, rtol=1e-5, atol=1e-5)
 
 
+def _iris_accuracy(out, shown, ns):
+    # README: test accuracy ≥ 0.9, of the mean probability of the ensemble's members
+    probs, test = ns["probs"], ns["test"]
+    P = np.asarray(jax.vmap(probs.outputs)(test.X), np.float64).mean(axis=1)
+    acc = float(np.mean(P.argmax(axis=1) == test.y))
+    (printed,) = _floats(out)
+    assert printed == float(f"{acc:.2f}") and acc >= 0.9, (out, acc)
+    assert shown.startswith("≥ 0.9")
+
+
+def _versicolor_top2(out, shown, ns):
+    # README: the two petal measurements rank first for versicolor's probability
+    cls = ns["cls"]
+    names = ast.literal_eval(out.strip())
+    assert names == cls.ranking(output="versicolor")[:2]
+    assert sorted(names) == ["petal length (cm)", "petal width (cm)"]
+
+
+def _zero_sum(out, shown, ns):
+    # README: ~1e-8: Σ_c E[∂p_c/∂x_i] = 0 (probabilities sum to 1), float32 round-off
+    (printed,) = _floats(out)
+    assert shown.startswith("~1e-8")
+    assert 0 <= printed <= 1e-6, printed
+
+
+def _rank_stability(out, shown, ns):
+    # README: each feature's share of members with it in their top 2, then top_agreement
+    cls = ns["cls"]
+    printed = _floats(out)
+    share = cls.rank_stability(2)
+    np.testing.assert_allclose(printed[:-1], share, atol=1e-8)
+    assert printed[-1] == cls.top_agreement(2)
+    assert share.sum() == 2 and set(share) <= {0, 0.25, 0.5, 0.75, 1}  # 4 members
+
+
 CHECKS = {
     "jacsens.explain(model)": _lines_in_order,
     "print(report.passed, report.max_rel)": _crosscheck,
@@ -178,6 +213,10 @@ CHECKS = {
     'print(act.eigenvectors[:, 0], act.subspace_distance()["high"][0])': _eigenvector,
     "print(qres.dgsm, qres.dgsm_se)": _ishigami,
     'print(table.standardisation["y_mean"])': _y_mean,
+    'print(f"test accuracy {acc:.2f}")': _iris_accuracy,
+    'print(cls.ranking(output="versicolor")[:2])': _versicolor_top2,
+    'print(abs(sum(cls.values("mean", output=c) for c in train.class_names)).max())': _zero_sum,
+    "print(cls.rank_stability(2), cls.top_agreement(2))": _rank_stability,
 }
 
 
