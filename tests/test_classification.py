@@ -38,7 +38,7 @@ def test_probabilities_softmax_jacobian_closed_form(dtype, getkey):
     expected = jnp.einsum("bc,cd,bdi->bci", P, jnp.eye(4, dtype=dtype), Jz) - jnp.einsum(
         "bc,bd,bdi->bci", P, P, Jz
     )
-    Jp = jacsens.input_jacobian(probs, X)
+    Jp = jacsens.input_jacobian(probs, X, mode="rev")
     assert Jp.shape == (16, 4, 5) and Jp.dtype == dtype
     np.testing.assert_allclose(Jp, expected, rtol=TOL[dtype], atol=TOL[dtype])
     # every column of J_p sums to zero over the classes
@@ -57,7 +57,7 @@ def test_probabilities_one_logit_is_the_sigmoid_pair(dtype, out, getkey):
     # ∂σ/∂x = σ'(z) J_z for class 1, its negative for class 0
     Jz = jax.vmap(jax.jacrev(model))(X).reshape(10, 3)
     d = (s * (1 - s))[:, None] * Jz
-    Jp = jacsens.input_jacobian(probs, X)
+    Jp = jacsens.input_jacobian(probs, X, mode="rev")
     assert Jp.shape == (10, 2, 3)
     np.testing.assert_allclose(Jp[:, 1], d, rtol=TOL[dtype], atol=TOL[dtype])
     np.testing.assert_allclose(Jp[:, 0], -d, rtol=TOL[dtype], atol=TOL[dtype])
