@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument(
         "--chunk-size",
         type=_positive_int("--chunk-size"),
-        default=4096,
+        default=ANALYZE_CHUNK,
         help="rows per compiled sensitivity step (4096)",
     )
     analyze.add_argument(
@@ -297,8 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--batch-size",
         type=_positive_int("--batch-size"),
-        default=1,
-        help="rows of the example batch the costs are for (1)",
+        help="rows of the example batch the costs are for (default: the rows per chunk "
+        "`analyze` streams this model's data in, min(rows, 4096), when the model's "
+        "summary.json is beside it; else 1)",
     )
 
     check = sub.add_parser(
@@ -334,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
 REPORT_FILES = frozenset(
     {MODEL_FILE, "sensitivity.csv", "sensitivity.png", "sensitivity_by_output.png", "summary.json"}
 )
+ANALYZE_CHUNK = 4096
 AUTO_ENSEMBLE = 5
 AUTO_ENSEMBLE_FLOP = 5e10
 VAL_FRACTION = 0.15
@@ -1134,7 +1136,12 @@ def _report_png(result, outcome: _Outcome, units: str, warnings: list[str], fold
         sub += "; sensitivity of each class probability"
     for w in warnings:
         sub += f"\nWARNING: {w.split(';')[0].split(' (')[0]}"
-    fig = result.plot(kind="bar", top=20, subtitle=sub, units=units)
+    title = None
+    if rec.training.get("task") == "classification":
+        title = f"Sensitivity of the class probabilities of {rec.target!r}"
+        if result.n_out > 1:
+            title += f", RMS over {result.n_out} classes"
+    fig = result.plot(kind="bar", top=20, title=title, subtitle=sub, units=units)
     fig.savefig(os.path.join(folder, files["png"]), dpi=120, bbox_inches="tight")
     plt.close(fig)
     if result.n_out > 1:
@@ -1319,7 +1326,16 @@ def cmd_explain(args) -> int:
     model, shape, dtype = _model_and_input(args)
     # An example batch of the shape and dtype the model will see: the plan (segments,
     # bracketing, costs) is for that batch, not for a guessed one.
-    X = jnp.zeros((args.batch_size, *shape), dtype)
+    batch = args.batch_size
+    if batch is None:
+        record = _fit_record_beside(args.model, args) if args.model else None
+        if record is not None:
+            batch = min(record.n_rows, ANALYZE_CHUNK)
+            why = f"the chunk analyze streams the {record.n_rows} rows of its data in"
+            _say(args, f"Example batch: {batch} rows, {why} (--batch-size sets another)\n")
+        else:
+            batch = 1
+    X = jnp.zeros((batch, *shape), dtype)
     try:
         jacsens.explain(model, X)
     except ValueError as e:

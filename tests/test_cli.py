@@ -141,6 +141,8 @@ def test_fit_csv_then_explain_and_check_the_model(linear_csv, tmp_path, capsys):
     assert cli.main(["explain", "--model", str(out / "model.jsns")]) == 0
     text = capsys.readouterr().out
     assert "diag(tanh'(z1))" in text and "4×3" in text
+    # the costs are for the batch analyze will stream this model's 50 rows in
+    assert "Example batch: 50 rows" in text and "Cost model at batch size 50:" in text
     assert cli.main(["check", "--model", str(out / "model.jsns"), "--batch", "2"]) == 0
     assert "passed" in capsys.readouterr().out
 
