@@ -7,13 +7,15 @@ program and plan static) is timed beside
 
 - `rev`: `eqx.filter_jit(lambda m, X: jax.vmap(jax.jacrev(m))(X))`,
 - `fwd`: the same with `jax.jacfwd`,
-- `seg`: the segment executor,
+- `seg`: the segment executor, its result reshaped to `(B, *out_shape, *in_shape)` as
+  rev, fwd and the API return it (`seg-flat`: the executor's `(B, m, n)`, no reshape),
 - `api-auto`, `api-seg`: `jacsens.input_jacobian(model, X, mode="auto" / "segments")`,
   where the installed jacsens accepts `mode="segments"` (skipped otherwise).
 
 Each function is compiled (first call, timed separately as "compile"), checked against
-`rev`, then the functions are timed interleaved, in a random order in every round; the
-figure is the median over rounds. Models: the conv autoencoder 1x28x28 -> 16 -> 1x28x28
+`rev`, then the functions are timed interleaved, in a random order in every round (each
+sample the mean of enough calls that the fastest lasts ~25 ms); the figure is the median
+over rounds. Models: the conv autoencoder 1x28x28 -> 16 -> 1x28x28
 and the residual LayerNorm net 256 -> 8 -> 256 of the issue (B = 8 and 32), a U-shaped conv
 net without skips (1x28x28 -> 1x7x7 -> 1x28x28), a transformer block (16 tokens x 32), a CNN
 classifier 1x28x28 -> 10 and the MLPs 784-1024-16-1024-784 and 784-512-512-10 (B = 8).
@@ -27,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
+import math
 import platform
 import random
 import statistics
@@ -197,11 +201,21 @@ def measure(name, build, in_shape, B, rounds, rng, api) -> dict[str, Any]:
     leaves = model_leaves(model)
     rev = eqx.filter_jit(lambda m, X: jax.vmap(jax.jacrev(m))(X))
     fwd = eqx.filter_jit(lambda m, X: jax.vmap(jax.jacfwd(m))(X))
-    seg = jax.jit(segments_jacobian, static_argnums=(0, 1))
+    seg_flat = jax.jit(segments_jacobian, static_argnums=(0, 1))
+    shape = (B, *program.out_struct.shape, *in_shape)
+
+    # the segment plan's Jacobian in the shape rev, fwd and the API return, (B, *out,
+    # *in): on XLA:CPU a reshape adding size-1 axes is a copy of the whole Jacobian
+    # (1.5-10 ms for the conv AE's 20 MB), which rev/fwd pay too; `seg-flat` without it
+    @functools.partial(jax.jit, static_argnums=(0, 1))
+    def seg(program, br, leaves, X):
+        return segments_jacobian(program, br, leaves, X).reshape(shape)
+
     fns: dict[str, Callable[[], Any]] = {
         "rev": lambda: rev(model, X),
         "fwd": lambda: fwd(model, X),
         "seg": lambda: seg(program, br, leaves, X),
+        "seg-flat": lambda: seg_flat(program, br, leaves, X),
     }
     if api:
         fns["api-auto"] = lambda: jacsens.input_jacobian(model, X, mode="auto")
@@ -214,14 +228,24 @@ def measure(name, build, in_shape, B, rounds, rng, api) -> dict[str, Any]:
         if ref is None:
             ref = out
         errors[k] = float(np.max(np.abs(out - ref)) / np.max(np.abs(ref)))
+    # Each sample is the mean of `inner` calls (the same for every function of the case),
+    # enough that the fastest function's sample lasts ~25 ms: single millisecond calls on
+    # a shared machine scatter by +-25% (the same plan through two entry points did).
+    warm = []
+    for fn in fns.values():
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        warm.append(time.perf_counter() - t)
+    inner = max(1, min(50, math.ceil(0.025 / max(min(warm), 1e-6))))
     times: dict[str, list[float]] = {k: [] for k in fns}
     names = list(fns)
     for _ in range(rounds):
         rng.shuffle(names)
         for k in names:
             t = time.perf_counter()
-            jax.block_until_ready(fns[k]())
-            times[k].append(time.perf_counter() - t)
+            for _ in range(inner):
+                jax.block_until_ready(fns[k]())
+            times[k].append((time.perf_counter() - t) / inner)
     ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     best_plain = min(ms["rev"], ms["fwd"])
     est = program_costs(program, B, 4)
@@ -252,6 +276,7 @@ def measure(name, build, in_shape, B, rounds, rng, api) -> dict[str, Any]:
         "median_ms": ms,
         "all_ms": {k: [x * 1e3 for x in v] for k, v in times.items()},
         "compile_s": compile_s,
+        "calls_per_sample": inner,
         "analysis_s": analysis,
         "rel_err_vs_rev": errors,
         "speedup_seg_over_best_plain": best_plain / ms["seg"],
@@ -260,7 +285,7 @@ def measure(name, build, in_shape, B, rounds, rng, api) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    cols = ["rev", "fwd", "seg", "api-auto", "api-seg"]
+    cols = ["rev", "fwd", "seg", "seg-flat", "api-auto", "api-seg"]
     head = f"{'model':<38}{'B':>4}" + "".join(f"{c:>10}" for c in cols)
     lines = [head + f"{'gain':>8}{'auto/min':>9}  plan", "-" * (len(head) + 40)]
     for r in rows:
@@ -297,7 +322,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default: results/)")
     ap.add_argument(
-        "--only", default=None, help="run only the cases whose model name contains this"
+        "--only", default=None, help="only the cases whose model name contains one of these (a,b)"
     )
     args = ap.parse_args()
     rounds = args.rounds or (3 if args.quick else 7)
@@ -305,7 +330,7 @@ def main() -> None:
     api = _segments_api_works()
     rows = []
     for name, build, in_shape, B in models(args.quick):
-        if args.only and args.only not in name:
+        if args.only and not any(part in name for part in args.only.split(",")):
             continue
         rows.append(measure(name, build, in_shape, B, rounds, rng, api))
         r = rows[-1]
