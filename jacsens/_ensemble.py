@@ -63,7 +63,8 @@ class Ensemble(eqx.Module):
         """Member `i` (0-based) as a plain model."""
         if isinstance(i, bool) or not isinstance(i, int) or not -self.size <= i < self.size:
             raise IndexError(f"member index must be an int in [0, {self.size}), got {i!r}.")
-        return jax.tree.map(lambda a: a[i] if eqx.is_array(a) else a, self.members)
+        arrays, static = eqx.partition(self.members, eqx.is_array)
+        return eqx.combine(_take(arrays, i), static)
 
     def outputs(self, x: Array) -> Array:
         """Every member's output on one sample, shape `(size, *out_shape)`."""
@@ -71,6 +72,11 @@ class Ensemble(eqx.Module):
 
     def __call__(self, x: Array) -> Array:
         return jnp.mean(self.outputs(x), axis=0)
+
+
+@jax.jit
+def _take(arrays: Any, i: int) -> Any:
+    return jax.tree.map(lambda a: a[i], arrays)
 
 
 def stack(models: list[Any]) -> Ensemble:

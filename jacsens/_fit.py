@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -365,7 +366,9 @@ def _ensemble_start(model: Any, ensemble: int | None, key: jax.Array) -> tuple[A
                 "pass an initialiser instead, e.g. `fit(lambda k: MyModel(..., key=k), X, Y, "
                 f"ensemble={ensemble}, key=key)`, or a jacsens.Ensemble."
             ) from None
-        return Ensemble.init(lambda k: build_model(tag, hp, k), ensemble, key=init_key), ensemble
+        keys = jax.random.split(init_key, ensemble)
+        members = _init_members(tag, json.dumps(hp, sort_keys=True), keys)
+        return Ensemble(members, ensemble), ensemble
     if not callable(model):
         raise TypeError(
             f"`model` must be an equinox Module or, with `ensemble`, an initialiser "
@@ -378,6 +381,15 @@ def _ensemble_start(model: Any, ensemble: int | None, key: jax.Array) -> tuple[A
             f"`model` was taken as an initialiser `key -> model` (ensemble={ensemble}) but "
             f"`model(key)` under `vmap` failed: {type(e).__name__}: {e}"
         ) from e
+
+
+@eqx.filter_jit
+def _init_members(tag: str, hp_json: str, keys: jax.Array) -> Any:
+    """Members of the architecture `describe_model` gave, one per key: one compiled
+    program (the strings are static, so it is cached across `fit` calls), not one
+    dispatch per initialiser operation."""
+    hp = json.loads(hp_json)
+    return eqx.filter_vmap(lambda k: build_model(tag, hp, k))(keys)
 
 
 # fold_in constant separating the members' initialisation keys from the shuffling keys
@@ -523,8 +535,11 @@ def fit(
         else:
             opt_state = optimizer.init(params)
     if members:
-        p0 = jax.tree.map(lambda a: a[0], params)
-        s0 = jax.tree.map(lambda a: a[0] if eqx.is_array(a) else a, opt_state)
+        # one member's parameters and state, abstractly (shapes only: nothing runs)
+        p0, s0 = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype) if eqx.is_array(a) else a,
+            (params, opt_state),
+        )
         _check_optimizer_call(optimizer, extra, p0, s0, static, X, Y, loss_fn)
     else:
         _check_optimizer_call(optimizer, extra, params, opt_state, static, X, Y, loss_fn)
