@@ -108,19 +108,24 @@ def top(values: np.ndarray, names, k: int = 3) -> list[list]:
     return [[names[i], float(values[i])] for i in order]
 
 
+def probability_sensitivity(model, train, X):
+    """Sensitivity of each class probability of `model` over the rows `X`."""
+    return jacsens.sensitivity(
+        jacsens.Probabilities(model),
+        X,
+        feature_names=train.feature_names,
+        output_names=train.class_names,
+        progress=False,
+    )
+
+
 def per_class(name: str) -> dict:
     train, test = load(name)
     t0 = time.perf_counter()
     model = fit(train, seed=0)
     fit_s = time.perf_counter() - t0
     X_all = np.concatenate([train.X, test.X])
-    res = jacsens.sensitivity(
-        jacsens.Probabilities(model),
-        X_all,
-        feature_names=train.feature_names,
-        output_names=train.class_names,
-        progress=False,
-    )
+    res = probability_sensitivity(model, train, X_all)
     zero_sum = float(np.max(np.abs(res.mean.sum(axis=0))))
     return {
         "data": name,
@@ -192,13 +197,7 @@ def rank_stability(train: datasets.Dataset, test: datasets.Dataset) -> dict:
     singles = []
     for seed in SEEDS:
         model = fit(train, seed=seed)
-        r = jacsens.sensitivity(
-            jacsens.Probabilities(model),
-            X_all,
-            feature_names=train.feature_names,
-            output_names=train.class_names,
-            progress=False,
-        )
+        r = probability_sensitivity(model, train, X_all)
         v, se = r.values("mean_abs", cls), r.se("mean_abs", cls)
         order = np.argsort(-v, kind="stable")
         singles.append(
