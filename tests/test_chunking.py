@@ -84,7 +84,7 @@ def test_other_errors_are_not_retried(getkey, monkeypatch):
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "big", True])
 def test_bad_chunk_size(getkey, bad):
     m, X, _ = _model_and_data(getkey, jnp.float64)
-    with pytest.raises(ValueError, match="`chunk_size` must be a positive int, \"auto\" or None"):
+    with pytest.raises(ValueError, match='`chunk_size` must be a positive int, "auto" or None'):
         jacsens.input_jacobian(m, X, chunk_size=bad)
 
 
