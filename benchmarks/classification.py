@@ -218,7 +218,7 @@ def rank_stability(train: datasets.Dataset, test: datasets.Dataset) -> dict:
         "members": ENSEMBLE,
         "member_test_accuracy": member_acc,
         "ensemble_mean_probability_test": metrics(mean_p, test.y, train.class_names),
-        "top_agreement": es.top_agreement(5, cls),
+        "top_agreement": es.top_agreement(1, cls),
         "members_top_feature": members_top,
         "top5_share": {
             n: float(x)

@@ -44,7 +44,9 @@ def test_linear_members_give_their_weights_and_rank_stability_by_hand():
     np.testing.assert_allclose(r.rank_stability(1), [2 / 3, 1 / 3, 0.0])
     np.testing.assert_allclose(r.rank_stability(2), [1.0, 1.0, 0.0])
     assert r.ranking() == ["a", "b", "c"]
-    assert r.top_agreement() == pytest.approx(2 / 3)
+    assert r.top_agreement() == pytest.approx(2 / 3)  # top feature a in 2 of 3 members
+    assert r.top_agreement(2) == 1.0  # {a, b} in every member
+    assert r.top_agreement(3) == 1.0
     frame = r.ranked_frame(k=1)
     assert list(frame.columns) == [
         "output",

@@ -167,10 +167,14 @@ class EnsembleSensitivity(eqx.Module):
             hits[r._order(by, output)[:k]] += 1
         return hits / self.size
 
-    def top_agreement(self, k: int = 5, output: int | str | None = None, by: str = "mean_abs"):
-        """The share of members whose most important feature is the ensemble's."""
-        top = self.feature_names.index(self.ranking(output, by)[0])
-        return float(np.mean([r._order(by, output)[0] == top for r in self.members]))
+    def top_agreement(
+        self, k: int = 1, output: int | str | None = None, by: str = "mean_abs"
+    ) -> float:
+        """The share of members whose `k` most important features (as a set) are the
+        ensemble's `k` most important; `k = 1` (default): the top feature."""
+        k = min(check_positive_int(k, "k", allow_none=False), self.n_in)
+        top = {self.feature_names.index(n) for n in self.ranking(output, by)[:k]}
+        return float(np.mean([set(r._order(by, output)[:k].tolist()) == top for r in self.members]))
 
     def ranked_frame(self, output: int | str | None = None, by: str = "mean_abs", k: int = 5):
         """The ranking as a `pandas.DataFrame` naming the output: `output`, `rank`,
