@@ -1217,7 +1217,7 @@ def cmd_analyze(args) -> int:
     if result.n_out > 1:
         what = f"the targets {data.target_name!r}, {result.output_label(None)}"
     if classification:
-        what = f"the class probabilities of {data.target_name!r}, {result.output_label(None)}"
+        what = f"the class probabilities of {data.target_name!r}, RMS over {result.n_out} classes"
     ens = ""
     if _is_ensemble_result(result):
         ens = (
