@@ -3,6 +3,7 @@ axis) so that training and evaluation are one `vmap`, not a Python loop."""
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -61,7 +62,11 @@ class Ensemble(eqx.Module):
 
     def member(self, i: int) -> Any:
         """Member `i` (0-based) as a plain model."""
-        if isinstance(i, bool) or not isinstance(i, int) or not -self.size <= i < self.size:
+        try:
+            i = operator.index(i)  # Python and NumPy integers, not bools or floats
+        except TypeError:
+            i = None
+        if i is None or isinstance(i, bool) or not -self.size <= i < self.size:
             raise IndexError(f"member index must be an int in [0, {self.size}), got {i!r}.")
         arrays, static = eqx.partition(self.members, eqx.is_array)
         return eqx.combine(_take(arrays, i), static)

@@ -87,6 +87,9 @@ def _columns(name: str):
             raise argparse.ArgumentTypeError(
                 f"{name} must be comma-separated column names such as a,b, got {text!r}"
             )
+        repeated = sorted({c for c in cols if cols.count(c) > 1})
+        if repeated:
+            raise argparse.ArgumentTypeError(f"{name} names {repeated} more than once")
         return cols
 
     return parse
@@ -367,7 +370,12 @@ def _standardised(raw: Dataset, standardise: Any) -> Dataset:
 
     targets = list(raw.target_names) if len(raw.target_names) > 1 else raw.target_name
     try:
-        data = datasets.from_frame(raw.to_frame(), targets, standardise=standardise, task=raw.task)
+        # class labels are raw's codes already: keep them (a class absent from this file
+        # must not shift the codes of the others)
+        codes = [str(k) for k in range(len(raw.class_names))] if raw.class_names else None
+        data = datasets.from_frame(
+            raw.to_frame(), targets, standardise=standardise, task=raw.task, classes=codes
+        )
     except ValueError as e:
         raise CLIError(str(e).replace("pass `standardise=False`", "pass --raw")) from None
     if raw.class_names:  # the codes are the same; keep the classes' own names
@@ -408,8 +416,13 @@ def _load_data(args, record: FitRecord | None = None) -> tuple[Dataset, str, boo
     targets = list(args.target)
     features = _feature_columns(args, targets)
     task = getattr(args, "task", "auto")
-    if record is not None and "task" in record.training:
-        task = record.training["task"]  # the task the model was fitted for
+    classes = None
+    if record is not None and record.target == ", ".join(targets):
+        # analyze --model beside the summary.json of its fit: the fit's task, class codes
+        # and input columns in the fit's order (a model's inputs are positional)
+        task = record.training.get("task", task)
+        classes = record.training.get("classes") or None
+        features = _recorded_features(args, record, features)
     try:
         raw = datasets.from_csv(
             args.data,
@@ -418,9 +431,13 @@ def _load_data(args, record: FitRecord | None = None) -> tuple[Dataset, str, boo
             standardise=False,
             dtype=np.float64,
             task=task,
+            classes=classes,
         )
     except ValueError as e:
-        raise CLIError(str(e)) from None
+        message = str(e)
+        if "Classification takes one target" in message or "regression target" in message:
+            message += " (--task regression)"
+        raise CLIError(message) from None
     # Too few rows is said first: with one row every column is "constant" too.
     if not getattr(args, "model", None):  # fitting
         _check_split_rows(len(raw), args.test_fraction, source)
@@ -435,6 +452,25 @@ def _load_data(args, record: FitRecord | None = None) -> tuple[Dataset, str, boo
         st = record.standardisation  # type: ignore[union-attr]
         return _standardised(raw, False if st is None else st), source, True
     return _standardised(raw, not args.raw), source, False
+
+
+def _recorded_features(args, record: FitRecord, chosen: list[str] | None) -> list[str] | None:
+    """The input columns for a model whose fit record is known: the recorded ones, in the
+    recorded order (`--features` may list them in another order); a different set is
+    refused. A file without those columns keeps `chosen` (the model is then scored as
+    fitted elsewhere)."""
+    import pandas as pd
+
+    recorded = list(record.features)
+    columns = {str(c) for c in pd.read_csv(args.data, nrows=0).columns}
+    if not set(recorded) <= columns:
+        return chosen
+    if chosen is not None and set(chosen) != set(recorded):
+        raise CLIError(
+            f"the model was fitted on the features {recorded} (its summary.json); "
+            f"--features/--drop choose {chosen}"
+        )
+    return recorded
 
 
 def _feature_columns(args, targets: list[str]) -> list[str] | None:
@@ -622,7 +658,9 @@ def _model_and_input(args) -> tuple[Any, tuple[int, ...], np.dtype]:
     return model, shape, np.dtype(floats[0] if floats else np.float32)
 
 
-def _check_model_input(model, data: Dataset, source: str) -> None:
+def _check_model_input(
+    model, data: Dataset, source: str, explicit_classification: bool = False
+) -> None:
     """The model maps one row of the data to the target(s): one number (regression, one
     target), one per target, or one logit per class (checked on shapes, nothing runs)."""
     import jax
@@ -637,13 +675,21 @@ def _check_model_input(model, data: Dataset, source: str) -> None:
         raise CLIError(f"the model does not fit the data ({source}): {e}") from None
     if data.task == "classification":
         n = len(data.class_names)
-        ok = ((n,),) + (((), (1,)) if n == 2 else ())
+        one_logit = n == 2 and explicit_classification  # else a regression model's output
+        ok = ((n,),) + (((), (1,)) if one_logit else ())
         need = f"{n} outputs (one logit per class of {data.target_name!r})"
+        if n == 2 and plan.out_shape in ((), (1,)) and not one_logit:
+            need += (
+                "; a model with one output is taken as a sigmoid classifier only with "
+                "--task classification (or pass --task regression)"
+            )
     else:
         n = len(data.target_names)
         ok = ((), (1,)) if n == 1 else ((n,),)
         need = "one output (the target)" if n == 1 else f"{n} outputs (one per target)"
     if plan.out_shape not in ok:
+        if data.task == "regression" and len(plan.out_shape) == 1 and plan.out_shape[0] > 1:
+            need += " (if the target holds class labels: --task classification)"
         raise CLIError(f"the model has outputs of shape {plan.out_shape}; analyze needs {need}")
 
 
@@ -691,9 +737,13 @@ def _scores(model, data: Dataset, X, y, prefix: str) -> dict[str, Any]:
     """The metrics of `model` on `(X, y)`: R² (per target and their mean) for regression;
     accuracy, log-loss, per-class recall and the chance accuracy (the largest class's share)
     for classification. Keys start with `prefix` (`"test_"`, `"train_"`, ...)."""
+    import equinox as eqx
     import jax
 
     y = np.asarray(y)
+    floats = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
+    if floats:  # inputs in the model's precision (a float64 model on float32 data)
+        X = np.asarray(X, floats[0].dtype)
     if data.task == "classification":
         p = np.asarray(jax.jit(jax.vmap(_probability_model(model)))(X), np.float64)
         pred = np.argmax(p, axis=1)
@@ -881,23 +931,28 @@ def _fit(args, data: Dataset, source: str, timings: dict[str, float]) -> _Outcom
         else optax.adam(args.lr)
     )
     t0 = time.perf_counter()
-    model, history = jacsens.fit(
-        model,
-        X_fit,
-        y_fit,
-        loss="cross_entropy" if classification else "mse",
-        optimizer=optimizer,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        key=k_fit,
-        validation=validation,
-        early_stopping=args.early_stopping,
-        ensemble=K if K > 1 else None,
-        progress=False if args.quiet else "auto",
-    )
+    try:
+        model, history = jacsens.fit(
+            model,
+            X_fit,
+            y_fit,
+            loss="cross_entropy" if classification else "mse",
+            optimizer=optimizer,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            key=k_fit,
+            validation=validation,
+            early_stopping=args.early_stopping,
+            ensemble=K if K > 1 else None,
+            progress=False if args.quiet else "auto",
+        )
+    except jacsens.NonFiniteLossError as e:
+        where = "the validation loss" if e.step is None else f"mini-batch step {e.step}"
+        raise CLIError(
+            f"training diverged in epoch {e.epoch + 1} ({where} became non-finite): lower "
+            f"--lr (now {args.lr:g}) or check the data"
+        ) from None
     timings["fit_s"] = time.perf_counter() - t0
-    if not np.isfinite(history.train_loss[-1]):
-        raise CLIError(f"training diverged (loss {history.train_loss[-1]}); lower --lr")
     t0 = time.perf_counter()
     metrics = {
         **_scores(model, data, X_tr, y_tr, "train_"),
@@ -937,7 +992,8 @@ def _fit(args, data: Dataset, source: str, timings: dict[str, float]) -> _Outcom
     if args.early_stopping:
         line += (
             f"\n(early stopping: {history.epochs} of {args.epochs} epochs, best validation "
-            f"loss at epoch {history.best_epoch + 1})"
+            f"loss at epoch {history.best_epoch + 1}"
+            + (", mean over members; each member keeps its own best epoch)" if K > 1 else ")")
         )
     return _Outcome(model, record, line)
 
@@ -948,7 +1004,7 @@ def _load_and_score(
     """Load `--model` and score it: on the split it was fitted on when `fitted` (the record
     beside it) is of these very rows, otherwise on all rows, labelled so."""
     model = _load_model(args.model)
-    _check_model_input(model, data, source)
+    _check_model_input(model, data, source, getattr(args, "task", "auto") == "classification")
     training: dict[str, Any] = {
         "fitted": False,
         "model_file": os.path.abspath(args.model),
@@ -1054,8 +1110,9 @@ def _ranked_table(result, output: int | str | None = None, top: int | None = Non
     width = max(8, *(len(result.feature_names[i]) for i in idx))
     head = f"{'rank':>4}  {'feature':<{width}}  {'mean|dy/dx|':>12} {'± se':>8}"
     if ens:
-        spread, share = result.between_sd("mean_abs", output), result.rank_stability(5, output)
-        head += f"  {'spread':>8} {'top-5':>6}"
+        k = _top_k(result.n_in)
+        spread, share = result.between_sd("mean_abs", output), result.rank_stability(k, output)
+        head += f"  {'spread':>8} {f'top-{k}':>6}"
     if signed:
         head += f"  {'mean dy/dx':>11}"
     head += f"  {'DGSM':>9}  {'max|dy/dx|':>10}"
@@ -1071,6 +1128,12 @@ def _ranked_table(result, output: int | str | None = None, top: int | None = Non
     if top and top < len(names):
         lines.append(f"      ... {len(names) - top} more features in sensitivity.csv")
     return "\n".join(lines)
+
+
+def _top_k(n_in: int) -> int:
+    """The k of the rank-stability column: 5, or fewer for 5 features or fewer (every
+    feature is in the top 5 of 5): n_in - 1, at least 1."""
+    return max(1, min(5, n_in - 1))
 
 
 def _is_ensemble_result(result) -> bool:
@@ -1098,10 +1161,12 @@ def _sensitivity_summary(result, near_constant, units: str, scale: str) -> dict[
             name: result.ranking(name, by="mean_abs") for name in result.output_names
         }
     if _is_ensemble_result(result):
-        share = result.rank_stability(5, None)
+        k = _top_k(result.n_in)
+        share = result.rank_stability(k, None)
         out["ensemble"] = {
             "size": result.size,
-            "top5_share": dict(zip(result.feature_names, share.tolist(), strict=True)),
+            "top_k": k,
+            "top_k_share": dict(zip(result.feature_names, share.tolist(), strict=True)),
             "top_feature_agreement": result.top_agreement(),
             "se": "sqrt(between-member sd² + within-data se²)",
         }
@@ -1221,8 +1286,9 @@ def cmd_analyze(args) -> int:
     ens = ""
     if _is_ensemble_result(result):
         ens = (
-            f"; ensemble of {result.size}: ± se includes the spread between members, top-5 = "
-            "share of members ranking the feature in their top 5"
+            f"; ensemble of {result.size}: ± se includes the spread between members, "
+            f"top-{_top_k(result.n_in)} = share of members ranking the feature in their "
+            f"top {_top_k(result.n_in)}"
         )
     _say(
         args,

@@ -466,6 +466,7 @@ def _from_frame(
     source: str,
     row_label: str,
     task: str = "regression",
+    classes: Sequence[str] | None = None,
 ) -> Dataset:
     """`from_frame` with `source` naming the table in messages and `row_label` (`"row"`
     or `"line"`) how its rows are numbered (0-based rows, 1-based file lines)."""
@@ -526,14 +527,32 @@ def _from_frame(
             row = int(np.flatnonzero(col.isna().to_numpy())[0])
             where = f"line {row + 2}" if row_label == "line" else f"row {row}"
             raise ValueError(f"{source} has a missing class label (first: {where}).")
-        values, codes = np.unique(col.to_numpy(), return_inverse=True)
-        if len(values) < 2:
-            raise ValueError(
-                f"Target {targets[0]!r} of {source} has one class ({values[0]!r}); "
-                "classification needs at least two."
-            )
-        labels = codes.astype(np.int32).reshape(-1)
-        class_names = tuple(_class_name(v) for v in values)
+        if classes is not None:  # the codes of an earlier fit, by class name
+            class_names = tuple(str(c) for c in classes)
+            lookup = {c: k for k, c in enumerate(class_names)}
+            names = [_class_name(v) for v in col.to_numpy()]
+            unknown = sorted({n for n in names if n not in lookup})
+            if unknown:
+                raise ValueError(
+                    f"Target {targets[0]!r} of {source} holds label(s) {unknown[:10]} that are "
+                    f"not among the classes {list(class_names)} given."
+                )
+            labels = np.asarray([lookup[n] for n in names], np.int32)
+        else:
+            values, codes = np.unique(col.to_numpy(), return_inverse=True)
+            if len(values) < 2:
+                raise ValueError(
+                    f"Target {targets[0]!r} of {source} has one class ({values[0]!r}); "
+                    "classification needs at least two."
+                )
+            if len(values) > max(2, len(col) // 2):
+                raise ValueError(
+                    f"Target {targets[0]!r} of {source} has {len(values)} distinct values in "
+                    f"{len(col)} rows: as classes most would hold one row. Is it a regression "
+                    "target? (task='regression')"
+                )
+            labels = codes.astype(np.int32).reshape(-1)
+            class_names = tuple(_class_name(v) for v in values)
         used = list(feats)
     else:
         used = feats + targets
@@ -623,6 +642,7 @@ def from_frame(
     standardise: bool | Mapping[str, Any] = True,
     dtype: Any = np.float32,
     task: str = "regression",
+    classes: Sequence[str] | None = None,
 ) -> Dataset:
     """A `Dataset` from the numeric columns of a pandas DataFrame.
 
@@ -644,6 +664,9 @@ def from_frame(
         `"auto"`: classification when the target is text, booleans, categories, or whole
         numbers with at most 10 distinct values (fewer than half the rows); regression
         otherwise.
+    - `classes`: for classification, the class names in code order (e.g. an earlier
+        data set's `class_names`): labels are coded by these names instead of by sorting
+        the values found, and a label not among them is refused.
 
     **Returns:**
 
@@ -657,7 +680,9 @@ def from_frame(
     standardise is constant, or the frame has no rows; `TypeError` for arguments of the
     wrong type.
     """
-    return _from_frame(frame, target, features, standardise, dtype, "the frame", "row", task)
+    return _from_frame(
+        frame, target, features, standardise, dtype, "the frame", "row", task, classes
+    )
 
 
 def from_csv(
@@ -668,13 +693,14 @@ def from_csv(
     standardise: bool | Mapping[str, Any] = True,
     dtype: Any = np.float32,
     task: str = "regression",
+    classes: Sequence[str] | None = None,
 ) -> Dataset:
     """A `Dataset` from a CSV file with a header row (read with pandas).
 
     **Arguments:**
 
     - `path`: the CSV file; its first line names the columns.
-    - `target`, `features`, `standardise`, `dtype`, `task`: as in `from_frame`.
+    - `target`, `features`, `standardise`, `dtype`, `task`, `classes`: as in `from_frame`.
 
     **Returns:**
 
@@ -701,4 +727,6 @@ def from_csv(
         raise ValueError(f"{path!r} is empty (no header row, no data).") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise ValueError(f"Cannot read {path!r} as CSV: {str(e).splitlines()[0]}") from None
-    return _from_frame(frame, target, features, standardise, dtype, repr(path), "line", task)
+    return _from_frame(
+        frame, target, features, standardise, dtype, repr(path), "line", task, classes
+    )

@@ -132,8 +132,10 @@ def test_features_choose_the_inputs_and_poor_fits_warn(tmp_path, capsys):
     assert any(w.startswith("poor test performance") for w in summary["warnings"])
     assert summary["metrics"]["test_r2"] < 0.1
     assert "Rank stability" in stdout and summary["sensitivity"]["ensemble"]["size"] == 2
-    shares = summary["sensitivity"]["ensemble"]["top5_share"]
-    assert shares == {"a": 1.0, "b": 1.0}  # two features: both in every member's top 5
+    # two features: the column is top-1 (every feature is in a top 5 of 2)
+    assert summary["sensitivity"]["ensemble"]["top_k"] == 1 and "top-1" in stdout
+    shares = summary["sensitivity"]["ensemble"]["top_k_share"]
+    assert sorted(shares) == ["a", "b"] and sum(shares.values()) == pytest.approx(1.0)
 
 
 def test_early_stopping_and_weight_decay_are_recorded(two_target_csv, tmp_path, capsys):
@@ -154,3 +156,87 @@ def test_auto_ensemble_size_rule():
     assert cli._ensemble_size(args, 100_000, 10_000)[0] == 1  # 3e12 FLOPs
     args.ensemble = 3
     assert cli._ensemble_size(args, 100_000, 10_000) == (3, "--ensemble")
+
+
+def test_divergence_is_one_line_not_a_traceback(two_target_csv, tmp_path, capsys):
+    argv = ["analyze", "--data", str(two_target_csv), "--target", "p", "--lr", "1e30"]
+    argv += ["--activation", "relu", "--epochs", "3", "--ensemble", "2"]
+    err = _error(capsys, [*argv, "--out", str(tmp_path / "r")])
+    assert err.startswith("jacsens: error: training diverged in epoch 1") and "--lr" in err
+
+
+def test_repeated_columns_are_refused(two_target_csv, tmp_path, capsys):
+    base = ["analyze", "--data", str(two_target_csv), "--out", str(tmp_path / "r")]
+    assert "--target names ['p'] more than once" in _error(capsys, [*base, "--target", "p,p"])
+    err = _error(capsys, [*base, "--target", "p", "--features", "a,a"])
+    assert "--features names ['a'] more than once" in err
+
+
+def test_refit_model_reads_its_own_columns_and_class_codes(blobs_csv, tmp_path, capsys):
+    """Re-analysing a fitted classifier: the recorded feature order and class codes are
+    used, whatever order --features lists, and whatever labels the new file lacks."""
+    fitted = tmp_path / "fit"
+    argv = ["fit", "--data", str(blobs_csv), "--target", "kind", "--epochs", "40"]
+    assert cli.main([*argv, "--ensemble", "1", "--lr", "1e-2", "--out", str(fitted)]) == 0
+    capsys.readouterr()
+    model = str(fitted / "model.jsns")
+    scores = {}
+    for name, features in (("same", None), ("reordered", "c,b,a")):
+        out = tmp_path / name
+        argv = ["analyze", "--data", str(blobs_csv), "--target", "kind", "--model", model]
+        argv += ["--features", features] if features else []
+        assert cli.main([*argv, "--out", str(out)]) == 0
+        scores[name] = json.loads((out / "summary.json").read_text())["metrics"]
+    assert scores["reordered"]["test_accuracy"] == scores["same"]["test_accuracy"] >= 0.9
+    err = _error(capsys, [*argv[:-2], "--features", "a,b", "--out", str(tmp_path / "x")])
+    assert "fitted on the features ['a', 'b', 'c']" in err
+    # a file without the first class: the others keep their codes (dog = 1, emu = 2)
+    frame = pd.read_csv(blobs_csv)
+    part = tmp_path / "part.csv"
+    frame[frame["kind"] != "cat"].to_csv(part, index=False)
+    (tmp_path / "part_fit").mkdir()
+    for f in ("model.jsns", "summary.json"):
+        (tmp_path / "part_fit" / f).write_bytes((fitted / f).read_bytes())
+    out = tmp_path / "part_rep"
+    argv = ["analyze", "--data", str(part), "--target", "kind"]
+    assert (
+        cli.main([*argv, "--model", str(tmp_path / "part_fit" / "model.jsns"), "--out", str(out)])
+        == 0
+    )
+    metrics = json.loads((out / "summary.json").read_text())["metrics"]
+    assert set(metrics["all_recall"]) == {"cat", "dog", "emu"}
+    assert metrics["all_recall"]["dog"] >= 0.9 and metrics["all_recall"]["emu"] >= 0.9
+
+
+def test_one_output_model_is_not_taken_for_a_classifier(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(rng.normal(size=(40, 2)), columns=["a", "b"])
+    frame["y"] = (frame["a"] > 0).astype(int)  # two levels: auto reads classes
+    data = tmp_path / "d.csv"
+    frame.to_csv(data, index=False)
+    path = tmp_path / "lone.jsns"
+    jacsens.save(path, jacsens.MLP(2, (), "scalar", key=jax.random.key(0)))
+    argv = ["analyze", "--data", str(data), "--target", "y", "--model", str(path)]
+    err = _error(capsys, [*argv, "--out", str(tmp_path / "r")])
+    assert "--task classification" in err and "--task regression" in err
+    assert cli.main([*argv, "--task", "regression", "--out", str(tmp_path / "r2")]) == 0
+
+
+def test_a_continuous_target_is_not_split_into_classes():
+    frame = pd.DataFrame({"a": np.arange(20.0), "y": np.linspace(0, 1, 20)})
+    with pytest.raises(ValueError, match="20 distinct values in 20 rows"):
+        jacsens.datasets.from_frame(frame, "y", task="classification")
+    data = jacsens.datasets.from_frame(
+        frame.assign(y=np.where(frame["a"] > 9, "hi", "lo")),
+        "y",
+        task="classification",
+        classes=["lo", "hi", "mid"],
+    )
+    assert data.class_names == ("lo", "hi", "mid") and data.y.tolist() == [0] * 10 + [1] * 10
+    with pytest.raises(ValueError, match=r"label\(s\) \['hi'\]"):
+        jacsens.datasets.from_frame(
+            frame.assign(y=np.where(frame["a"] > 9, "hi", "lo")),
+            "y",
+            task="classification",
+            classes=["lo"],
+        )
