@@ -43,6 +43,8 @@ class NonFiniteLossError(FloatingPointError):
 
     - `model`: the model after the last finite step: every parameter is finite (but the
         model may already produce non-finite outputs, which is what stopped training).
+        With `early_stopping`, the model of the best validation epoch so far (what the
+        run would have returned), once there is one.
     - `history`: the `History` of the epochs completed before the failure.
     - `epoch`: the 0-based epoch in which training stopped.
     - `step`: the 0-based mini-batch step of that epoch whose update was refused, or
@@ -554,6 +556,12 @@ def fit(
     best = _Best(early_stopping) if early_stopping is not None else None
     stopped = False
 
+    def failed_model(params):
+        """The parameters a NonFiniteLossError carries: with early stopping the best
+        validation epoch's so far (what a finished run would return), else the last
+        finite step's."""
+        return best.params if best is not None and best.params is not None else params
+
     def history(stopped: bool) -> History:
         return _history(train_rows, val_rows, stopped, best, members)
 
@@ -584,7 +592,7 @@ def fit(
                     "data are finite, so the model diverged: lower the learning rate, or check "
                     "the model and loss for NaN-producing operations). The model after the "
                     "last finite step is on this error's `.model`, the history on `.history`.",
-                    model=assemble(params),
+                    model=assemble(failed_model(params)),
                     history=history(False),
                     epoch=epoch,
                     step=int(bad[who]),
@@ -600,7 +608,7 @@ def fit(
                         f"epoch {epoch} (the training steps were finite). The model reached is "
                         "on this error's `.model`, the history of the earlier epochs on "
                         "`.history`.",
-                        model=assemble(params),
+                        model=assemble(failed_model(params)),
                         history=history(False),
                         epoch=epoch,
                         step=None,

@@ -225,3 +225,40 @@ def test_bad_ensemble_and_early_stopping_arguments(getkey):
         jacsens.fit(lambda x: x, X, Y, epochs=1, key=getkey())
     with pytest.raises(ValueError, match="leading axis"):
         jacsens.Ensemble(Custom(jnp.ones(3)), 2)
+
+
+def test_divergence_with_early_stopping_carries_the_best_model(getkey):
+    """A run that diverges after improving: the error carries the best validation epoch's
+    model, as a finished run would have returned."""
+    X, Y = _linear(getkey(), n=32)
+    model = jacsens.MLP(3, (8,), "scalar", key=getkey(), dtype=jnp.float64)
+    stop_after = 3
+
+    sgd = optax.sgd(0.05)  # plain SGD; infinite updates from step `stop_after` on
+
+    def update(grads, state, params=None):
+        count, inner = state
+        upd, inner = sgd.update(grads, inner, params)
+        boom = count >= stop_after
+        upd = jax.tree.map(lambda u: jnp.where(boom, jnp.inf, u), upd)
+        return upd, (count + 1, inner)
+
+    opt = optax.GradientTransformation(lambda p: (jnp.asarray(0), sgd.init(p)), update)
+    with pytest.raises(jacsens.NonFiniteLossError) as info:
+        jacsens.fit(
+            model,
+            X,
+            Y,
+            optimizer=opt,
+            epochs=10,
+            batch_size=32,
+            key=getkey(),
+            validation=(X[:8], -Y[:8]),  # a validation set training makes worse
+            early_stopping=5,
+        )
+    err = info.value
+    assert err.epoch == stop_after and len(err.history.val_loss) == stop_after
+    best = int(np.argmin(err.history.val_loss))
+    assert best < stop_after - 1  # not the last finite step's model
+    val = float(jnp.mean((jax.vmap(err.model)(X[:8]) + Y[:8]) ** 2))
+    assert val == pytest.approx(err.history.val_loss[best], rel=1e-12)
