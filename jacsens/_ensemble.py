@@ -82,11 +82,3 @@ class Ensemble(eqx.Module):
 @jax.jit
 def _take(arrays: Any, i: int) -> Any:
     return jax.tree.map(lambda a: a[i], arrays)
-
-
-def stack(models: list[Any]) -> Ensemble:
-    """An `Ensemble` of models of one structure (their arrays stacked)."""
-    arrays = [eqx.filter(m, eqx.is_array) for m in models]
-    static = eqx.partition(models[0], eqx.is_array)[1]
-    stacked = jax.tree.map(lambda *a: jnp.stack(a), *arrays)
-    return Ensemble(eqx.combine(stacked, static), len(models))

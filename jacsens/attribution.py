@@ -364,26 +364,12 @@ def integrated_gradients(
             f"got {base.shape}."
         ) from e
     alphas, weights = _ig_nodes(method, int(n_steps))
-    if T is None:
-        attr, delta = _ig_all_impl(
-            _path_plan(model, X, int(n_steps), chunk_size),
-            model,
-            X,
-            base,
-            jnp.asarray(alphas, X.dtype),
-            jnp.asarray(weights, X.dtype),
-            chunk_size,
-        )
-        return (attr, delta) if return_delta else attr
-    attr, delta = _ig_impl(
-        model,
-        X,
-        base,
-        T,
-        jnp.asarray(alphas, X.dtype),
-        jnp.asarray(weights, X.dtype),
-        chunk_size,
-    )
+    nodes = (jnp.asarray(alphas, X.dtype), jnp.asarray(weights, X.dtype), chunk_size)
+    if T is None:  # every output at once: the path integral of the Jacobian
+        plan = _path_plan(model, X, int(n_steps), chunk_size)
+        attr, delta = _ig_all_impl(plan, model, X, base, *nodes)
+    else:
+        attr, delta = _ig_impl(model, X, base, T, *nodes)
     return (attr, delta) if return_delta else attr
 
 

@@ -366,24 +366,8 @@ class SensitivityResult(eqx.Module):
 
         A new `SensitivityResult`.
         """
-        s = np.asarray(input_scale, np.float64)
-        try:
-            s = np.broadcast_to(s, (self.n_in,))
-        except ValueError as e:
-            raise ValueError(
-                f"`input_scale` must be a scalar or have shape ({self.n_in},), got {s.shape}."
-            ) from e
-        if not np.all(np.isfinite(s) & (s >= 0)):
-            raise ValueError(f"`input_scale` must be finite and >= 0, got {s.tolist()}.")
-        t = np.asarray(output_scale, np.float64)
-        try:
-            t = np.broadcast_to(t, (self.n_out,))
-        except ValueError as e:
-            raise ValueError(
-                f"`output_scale` must be a scalar or have shape ({self.n_out},), got {t.shape}."
-            ) from e
-        if not np.all(np.isfinite(t) & (t > 0)):
-            raise ValueError(f"`output_scale` must be finite and > 0, got {t.tolist()}.")
+        s = _scale_factors(input_scale, self.n_in, "input_scale", positive=False)
+        t = _scale_factors(output_scale, self.n_out, "output_scale", positive=True)
         c = s[None, :] / t[:, None]
         hess = None
         if self.hess is not None:
@@ -734,6 +718,22 @@ def _pandas():
             "`SensitivityResult` tables need pandas: pip install 'jacsens[data]'."
         ) from e
     return pd
+
+
+def _scale_factors(value: Any, n: int, argname: str, *, positive: bool) -> np.ndarray:
+    """`value` as `(n,)` finite float64 factors (a scalar applies to all), `> 0` if
+    `positive` else `>= 0`; a `ValueError` naming `argname` otherwise."""
+    v = np.asarray(value, np.float64)
+    try:
+        v = np.broadcast_to(v, (n,))
+    except ValueError as e:
+        raise ValueError(
+            f"`{argname}` must be a scalar or have shape ({n},), got {v.shape}."
+        ) from e
+    ok, bound = (v > 0, "> 0") if positive else (v >= 0, ">= 0")
+    if not np.all(np.isfinite(v) & ok):
+        raise ValueError(f"`{argname}` must be finite and {bound}, got {v.tolist()}.")
+    return v
 
 
 def _scale_stats(state: StreamingStats, factor: np.ndarray) -> StreamingStats:
